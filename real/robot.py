@@ -1,0 +1,93 @@
+"""The `Robot` contract every driver implements (simulator, remote server, vendor arms).
+
+Shape after LeRobot's ``Robot``: connect, observe, send an action and get back what was actually
+applied, reset, close, and specs that say what observations and actions look like. Everything a
+policy or reward model needs from a robot goes through this contract, so swapping the simulator
+for hardware changes the driver and nothing else.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+
+Observation = dict[str, Any]
+"""``{"images": {camera: uint8 (H, W, 3)}, "proprio": float32 (P,), "state": float32 (S,)?}``;
+``state`` is privileged and present only in simulation."""
+
+
+@dataclass(frozen=True)
+class ActionSpec:
+    """Actions are float32 in [-1, 1]^dim; drivers scale them to hardware units.
+
+    Attributes:
+        dim: action dimension (4 for end-effector delta xyz + gripper).
+        names: one name per dimension.
+    """
+
+    dim: int
+    names: tuple[str, ...] = ()
+    low: float = -1.0
+    high: float = 1.0
+
+
+@dataclass(frozen=True)
+class ObservationSpec:
+    """What ``observe()`` returns.
+
+    Attributes:
+        cameras: camera names, in order.
+        image_size: ``(height, width)`` of every image.
+        proprio_dim: length of ``proprio``.
+        state_dim: length of the privileged ``state`` (``None`` on real robots).
+    """
+
+    cameras: tuple[str, ...]
+    image_size: tuple[int, int]
+    proprio_dim: int
+    state_dim: int | None = None
+    proprio_names: tuple[str, ...] = field(default=())
+
+
+@runtime_checkable
+class Robot(Protocol):
+    """A robot the environment can drive: simulated, remote or real."""
+
+    def connect(self) -> None:
+        """Open connections (SDK, sockets, cameras). Idempotent."""
+
+    def observe(self) -> Observation:
+        """The current observation (see :data:`Observation`)."""
+
+    def send_action(self, action: np.ndarray) -> np.ndarray:
+        """Apply ``action`` (float32 (A,), in [-1, 1]) for one control step.
+
+        Returns the action actually applied after clipping and safety limits, float32 (A,).
+        """
+
+    def reset(self, seed: int | None = None) -> Observation:
+        """Bring the robot (and in simulation the scene) to a start state; return the observation."""
+
+    def close(self) -> None:
+        """Stop safely and release everything. Idempotent."""
+
+    @property
+    def observation_spec(self) -> ObservationSpec:
+        """What observations look like."""
+
+    @property
+    def action_spec(self) -> ActionSpec:
+        """What actions look like."""
+
+
+@runtime_checkable
+class GroundTruth(Protocol):
+    """Drivers that know the task outcome (the simulator) also implement this.
+
+    Real robots do not: their success comes from a success detector (a reward model).
+    """
+
+    def task_signals(self) -> dict[str, float]:
+        """``{"success": 0/1, ...}`` plus simulator-only signals under ``sim/`` keys."""

@@ -1,0 +1,127 @@
+"""The simulator behind the `Robot` contract (the only place ``real/`` touches ``sim/``)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from real.robot import ActionSpec, Observation, ObservationSpec
+
+
+class SimRobot:
+    """A Meta-World task driven as a robot: end-effector delta xyz + gripper in [-1, 1].
+
+    Args:
+        task: registered task name, e.g. ``metaworld/drawer-open``.
+        cameras: camera names (default: two corner views and the wrist view); empty for state-only.
+        image_size: int or ``(height, width)``.
+        quality: render quality, ``fast`` or ``high``.
+        split: seed split for task variants: ``demo``, ``train`` or ``eval``.
+        include_state: add the privileged simulator state to observations.
+    """
+
+    def __init__(
+        self,
+        task: str,
+        cameras: list[str] | tuple[str, ...] | None = None,
+        image_size: int | tuple[int, int] = 96,
+        quality: str = "fast",
+        split: str = "train",
+        include_state: bool = True,
+    ) -> None:
+        from sim import DEFAULT_CAMERAS, check_image_size, get_task, variant_rng
+
+        self._spec = get_task(task)  # fail fast, before any simulator is built
+        variant_rng(0, split)
+        self._kwargs = dict(
+            cameras=tuple(DEFAULT_CAMERAS if cameras is None else cameras),
+            image_size=check_image_size(image_size),
+            quality=quality,
+            split=split,
+        )
+        self.include_state = include_state
+        self._task = None
+
+    @property
+    def task_name(self) -> str:
+        """The registered task name."""
+        return self._spec.name
+
+    @property
+    def instruction(self) -> str:
+        """The task's natural-language instruction."""
+        return self._spec.instruction
+
+    def connect(self) -> None:
+        """Build the simulator and renderer (idempotent)."""
+        if self._task is None:
+            from sim import SimTask
+
+            self._task = SimTask(self._spec, **self._kwargs)
+
+    def _require(self):
+        if self._task is None:
+            raise RuntimeError("SimRobot is not connected: call connect() (or use real.make_env)")
+        return self._task
+
+    def observe(self) -> Observation:
+        """Images of every camera, proprio and (optionally) the privileged state."""
+        task = self._require()
+        obs: Observation = {
+            "images": task.render() if task.rig is not None else {},
+            "proprio": task.proprio,
+        }
+        if self.include_state:
+            obs["state"] = task.state
+        return obs
+
+    def send_action(self, action: np.ndarray) -> np.ndarray:
+        """Clip to [-1, 1], step the physics once, return the applied action."""
+        applied = np.clip(np.asarray(action, dtype=np.float32), -1.0, 1.0)
+        self._require().step(applied)
+        return applied
+
+    def reset(self, seed: int | None = None) -> Observation:
+        """New episode; ``seed`` picks the task variant within this driver's split."""
+        self.connect()
+        self._task.reset(seed)
+        return self.observe()
+
+    def task_signals(self) -> dict[str, float]:
+        """Success and simulator ground truth after the last action."""
+        sig = self._require().signals
+        info = sig.as_info()
+        info["success"] = float(sig.success)
+        return info
+
+    def expert_action(self) -> np.ndarray:
+        """The scripted expert's action for the current state (simulation only)."""
+        return self._require().expert_action()
+
+    @property
+    def sim_task(self):
+        """The underlying ``sim.SimTask`` (simulation tools only)."""
+        return self._require()
+
+    def close(self) -> None:
+        """Free the simulator (idempotent)."""
+        if self._task is not None:
+            self._task.close()
+            self._task = None
+
+    @property
+    def observation_spec(self) -> ObservationSpec:
+        """Cameras, image size, proprio and state sizes."""
+        from sim.world import PROPRIO_DIM, STATE_DIM
+
+        return ObservationSpec(
+            cameras=self._kwargs["cameras"],
+            image_size=self._kwargs["image_size"],
+            proprio_dim=PROPRIO_DIM,
+            state_dim=STATE_DIM if self.include_state else None,
+            proprio_names=("hand_x", "hand_y", "hand_z", "gripper_opening"),
+        )
+
+    @property
+    def action_spec(self) -> ActionSpec:
+        """4-d: end-effector delta xyz and gripper (close > 0)."""
+        return ActionSpec(dim=4, names=("dx", "dy", "dz", "gripper"))

@@ -1,0 +1,293 @@
+"""`stepwise-collect`: scripted demonstrations (and labelled failures) of a task, on disk.
+
+Step keyframes (the task cut into N >= 2 steps) follow one rule for every task, from the
+simulator's own signals: a signal (``near_object``, ``grasp_success``) that is off on the first
+step and later switches on marks the end of a step at the frame where it first does; the success
+frame ends the last step. Events closer than ``min_step_frames`` to the start, to each other or to
+the success frame are dropped. When no event survives, the midpoint between start and success
+splits the episode in two. Keyframes are frame indices (frame 0 is the reset observation, frame t
+the observation after the t-th action); failed episodes keep the events they reached and end at
+their last frame.
+
+Failure kinds, for reward models that must tell progress from its absence (all replay the clean
+expert rollout of the same seed up to the point of failure, so they start exactly like a demo):
+``noise`` (the expert with large action noise), ``stall`` (the expert stops halfway and holds),
+``near_miss`` (it stops at 85% of the way), ``reversal`` (after 60% it undoes its recent motion
+and opens the gripper).
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from dataclasses import dataclass
+
+import numpy as np
+
+from sim.world import FPS, SimTask
+
+log = logging.getLogger(__name__)
+FAILURE_KINDS = ("noise", "stall", "near_miss", "reversal")
+_EVENT_SIGNALS = ("near_object", "grasp_success")
+
+
+def step_keyframes(
+    events: dict[str, np.ndarray], success: np.ndarray, min_step_frames: int = 5
+) -> np.ndarray:
+    """Keyframes from per-step signals (see the module docstring for the rule).
+
+    Args:
+        events: signal name -> (T,) values after each action (truthy = on).
+        success: (T,) success after each action.
+        min_step_frames: the shortest step allowed, in frames.
+
+    Returns:
+        int64 (N,) strictly increasing frame indices in [1, T], N >= 2 when T >= 2.
+    """
+    success = np.asarray(success, dtype=bool)
+    num_steps = len(success)
+    end = int(np.argmax(success)) + 1 if success.any() else num_steps
+    times = []
+    for values in events.values():
+        on = np.asarray(values) > 0.5
+        if len(on) and not on[0] and on.any():
+            times.append(int(np.argmax(on)) + 1)
+    keyframes: list[int] = []
+    for t in sorted(set(times)):
+        last = keyframes[-1] if keyframes else 0
+        if t - last >= min_step_frames and end - t >= min_step_frames:
+            keyframes.append(t)
+    if not keyframes and end >= 2:
+        keyframes.append(max(1, end // 2))
+    keyframes.append(end)
+    return np.asarray(keyframes, dtype=np.int64)
+
+
+@dataclass
+class Plan:
+    """One episode to collect: which kind, which seed."""
+
+    kind: str
+    seed: int
+
+
+def _rollout_actions(task: SimTask, seed: int, noise: float, max_steps: int, post_success: int):
+    """Clean expert rollout without rendering: actions and the step where success first holds."""
+    rng = np.random.default_rng([seed, 7])
+    task.reset(seed)
+    actions, success_at = [], None
+    for t in range(max_steps):
+        a = np.clip(task.expert_action() + rng.normal(0.0, noise, 4), -1, 1).astype(np.float32)
+        actions.append(a)
+        if task.step(a).success and success_at is None:
+            success_at = t + 1
+        if success_at is not None and t + 1 >= success_at + post_success:
+            break
+    return actions, success_at
+
+
+def _failure_actions(kind: str, expert: list[np.ndarray], ref_len: int, seed: int, failure_noise: float):
+    """The action sequence of a failure of ``kind``, built from the clean expert rollout."""
+    total = 2 * ref_len
+    rng = np.random.default_rng([seed, 11])
+    hold = np.zeros(4, np.float32)
+    if kind == "noise":
+        return None  # generated online (the expert reacts to the noisy state)
+    if kind in ("stall", "near_miss"):
+        cut = max(1, round((0.5 if kind == "stall" else 0.85) * ref_len))
+        hold[3] = expert[cut - 1][3]  # keep the gripper as it was
+        return expert[:cut] + [hold.copy() for _ in range(total - cut)]
+    if kind == "reversal":
+        cut = max(1, round(0.6 * ref_len))
+        undo = [np.concatenate([-a[:3], [-1.0]]).astype(np.float32) for a in reversed(expert[:cut])]
+        rest = total - 2 * cut
+        return expert[:cut] + undo + [np.array([0, 0, 0, -1], np.float32)] * max(rest, 0)
+    raise ValueError(f"unknown failure kind {kind!r}: use one of {FAILURE_KINDS}")
+
+
+def record_episode(
+    task: SimTask,
+    plan: Plan,
+    noise: float = 0.1,
+    max_steps: int = 500,
+    post_success_steps: int = 10,
+    failure_noise: float = 1.0,
+    min_step_frames: int = 5,
+) -> Episode:
+    """Run one planned episode with rendering and return it as an :class:`episodes.Episode`."""
+    from episodes import Episode
+
+    expert, success_at = _rollout_actions(task, plan.seed, noise, max_steps, post_success_steps)
+    ref_len = success_at or len(expert)
+    if plan.kind == "expert":
+        scripted, stop_after_success = expert, True
+    else:
+        scripted = _failure_actions(plan.kind, expert, ref_len, plan.seed, failure_noise)
+        stop_after_success = False
+    limit = min(max_steps, len(scripted) if scripted is not None else 2 * ref_len)
+    rng = np.random.default_rng([plan.seed, 13])
+    task.reset(plan.seed)
+    frames = [task.render()]
+    proprio, state = [task.proprio], [task.state]
+    actions, success, dense, signals = [], [], [], {k: [] for k in _EVENT_SIGNALS}
+    first_success = None
+    for t in range(limit):
+        if scripted is not None:
+            a = scripted[t]
+        else:
+            a = np.clip(task.expert_action() + rng.normal(0.0, failure_noise, 4), -1, 1)
+        a = np.asarray(a, np.float32)
+        sig = task.step(a)
+        actions.append(a)
+        frames.append(task.render())
+        proprio.append(task.proprio)
+        state.append(task.state)
+        success.append(sig.success)
+        dense.append(sig.dense_reward)
+        for k in _EVENT_SIGNALS:
+            signals[k].append(sig.extras[k])
+        if sig.success and first_success is None:
+            first_success = t + 1
+        if stop_after_success and first_success is not None and t + 1 >= first_success + post_success_steps:
+            break
+    num = len(actions)
+    success_arr = np.asarray(success, bool)
+    dones = np.zeros(num, bool)
+    dones[-1] = True
+    return Episode(
+        images={c: np.stack([f[c] for f in frames]) for c in task.rig.cameras},
+        proprio=np.stack(proprio),
+        state=np.stack(state),
+        actions=np.stack(actions).astype(np.float32),
+        rewards=success_arr.astype(np.float32),
+        dones=dones,
+        task=task.spec.name,
+        instruction=task.spec.instruction,
+        fps=FPS,
+        success=bool(success_arr.any()),
+        keyframes=step_keyframes(signals, success_arr, min_step_frames),
+        infos={
+            "success": success_arr.astype(np.float32),
+            "dense_reward": np.asarray(dense, np.float32),
+            **{k: np.asarray(v, np.float32) for k, v in signals.items()},
+        },
+        seed=plan.seed,
+        kind=plan.kind,
+        extra_attrs={"split": task.split, "noise": noise if plan.kind == "expert" else failure_noise},
+    )
+
+
+def plan_episodes(
+    task: SimTask,
+    episodes: int,
+    seed: int,
+    failures: int = 0,
+    failure_kinds=FAILURE_KINDS,
+    noise: float = 0.1,
+    max_steps: int = 500,
+    require_success: bool = True,
+) -> list[Plan]:
+    """Deterministic plan: ``episodes`` expert demos, then ``failures`` episodes of each kind.
+
+    Demos take seeds ``seed, seed+1, ...``; with ``require_success`` a seed whose (cheap,
+    render-free) expert rollout fails is skipped, since Meta-World's experts fail on a few
+    percent of variants. Failures take the seeds after the demos' and need an expert rollout
+    that succeeds too, so that each failure is a real departure from a solvable episode.
+    """
+    for kind in failure_kinds:
+        if kind not in FAILURE_KINDS:
+            raise ValueError(f"unknown failure kind {kind!r}: use some of {list(FAILURE_KINDS)}")
+    needed = [("expert", episodes)] + [(kind, failures) for kind in failure_kinds]
+    plans: list[Plan] = []
+    candidate, tries = seed, 0
+    for kind, count in needed:
+        taken = 0
+        while taken < count:
+            tries += 1
+            if tries > 3 * (episodes + failures * len(failure_kinds)) + 20:
+                raise RuntimeError(
+                    f"the scripted expert of {task.spec.name} keeps failing (seeds {seed}..{candidate}): "
+                    "lower noise= or set require_success=false"
+                )
+            ok = True
+            if require_success:
+                ok = _rollout_actions(task, candidate, noise, max_steps, 0)[1] is not None
+            if ok:
+                plans.append(Plan(kind, candidate))
+                taken += 1
+            candidate += 1
+    return plans
+
+
+def collect(cfg) -> str:
+    """Collect the episodes ``cfg`` asks for into ``<cfg.out>/<task>.hdf5``; resumes a partial store.
+
+    Returns the store's path.
+    """
+    from pathlib import Path
+
+    from tqdm import tqdm
+
+    from episodes import EpisodeWriter, StoreError
+    from sim.tasks import get_task
+
+    spec = get_task(cfg.task)
+    if int(cfg.episodes) < 0 or int(cfg.failures) < 0:
+        raise ValueError(f"episodes and failures must be >= 0, got {cfg.episodes} and {cfg.failures}")
+    path = Path(cfg.out) / f"{spec.short_name}.hdf5"
+    env_args = {
+        "task": spec.name,
+        "cameras": list(cfg.cameras),
+        "image_size": int(cfg.image_size),
+        "quality": cfg.quality,
+        "split": cfg.split,
+    }
+    task = SimTask(spec, cameras=list(cfg.cameras), image_size=int(cfg.image_size),
+                   quality=cfg.quality, split=cfg.split)
+    try:
+        try:  # open first: a store of other settings should fail before any simulation
+            writer = EpisodeWriter(path, env_args=env_args)
+        except StoreError as err:
+            raise StoreError(f"{err}\nTo collect with these settings, choose another out= directory.") from err
+        with writer:
+            plans = plan_episodes(task, int(cfg.episodes), int(cfg.seed), int(cfg.failures),
+                                  list(cfg.failure_kinds), float(cfg.noise), int(cfg.max_steps),
+                                  bool(cfg.require_success))
+            done = len(writer)
+            if done:
+                log.info("resuming %s: %d of %d episodes already there", path, done, len(plans))
+            bar = tqdm(plans[done:], desc=f"collect {spec.short_name}", unit="ep", initial=done, total=len(plans))
+            for plan in bar:
+                ep = record_episode(task, plan, noise=float(cfg.noise), max_steps=int(cfg.max_steps),
+                                    post_success_steps=int(cfg.post_success_steps),
+                                    failure_noise=float(cfg.failure_noise),
+                                    min_step_frames=int(cfg.min_step_frames))
+                writer.add(ep)
+                bar.set_postfix(kind=plan.kind, success=ep.success, steps=ep.num_steps)
+    finally:
+        task.close()
+    return str(path)
+
+
+def main() -> None:
+    """Console entry point (Hydra): ``stepwise-collect task=metaworld/drawer-open episodes=5``."""
+    import hydra
+
+    @hydra.main(config_path="../configs", config_name="collect", version_base="1.3")
+    def _run(cfg) -> None:
+        from episodes import StoreError, summarize
+        from sim.rendering import CameraError
+        from sim.tasks import UnknownTaskError
+
+        try:
+            path = collect(cfg)
+        except (StoreError, CameraError, UnknownTaskError, ValueError) as err:
+            print(f"stepwise-collect: error: {err}", file=sys.stderr)
+            sys.exit(2)
+        print(summarize(path))
+
+    _run()
+
+
+if __name__ == "__main__":
+    main()
