@@ -279,12 +279,24 @@ def main() -> None:
         from sim.rendering import CameraError
         from sim.tasks import UnknownTaskError
 
-        try:
-            path = collect(cfg)
-        except (StoreError, CameraError, UnknownTaskError, ValueError) as err:
-            print(f"stepwise-collect: error: {err}", file=sys.stderr)
-            sys.exit(2)
-        print(summarize(path))
+        from omegaconf import OmegaConf
+
+        from sim.tasks import task_split
+
+        groups = {**task_split(), "all": None}
+        names = [cfg.task]
+        if cfg.task in groups:  # a whole task group: one store per task
+            from sim.tasks import list_tasks
+
+            names = groups[cfg.task] or list_tasks()
+        for name in names:
+            one = OmegaConf.merge(cfg, {"task": name})
+            try:
+                path = collect(one)
+            except (StoreError, CameraError, UnknownTaskError, ValueError) as err:
+                print(f"stepwise-collect: error: {err}", file=sys.stderr)
+                sys.exit(2)
+            print(summarize(path))
 
     _run()
 

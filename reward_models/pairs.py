@@ -1,0 +1,179 @@
+"""Training data for the step-discretized progress model: episodes in memory and balanced pairs.
+
+A batch takes E episodes, encodes F frames of each plus a start and a goal anchor, and draws
+pairs among them: frame -> frame (incremental, any time gap, both directions), start -> frame
+(forward) and goal -> frame (backward). Pairs are drawn with weights inversely proportional to
+the joint count of their (hop bin, time-gap bin), so that rare large hops and regressions are seen
+as often as common small steps, and a small share are exact zero hops (a frame against itself).
+Start anchors are swapped with another episode's of the same task 75% of the time and goal
+anchors always come from another episode when the task has one, so the model cannot lean on them;
+the goal is dropped (a learned "no goal" vector) 30% of the time so the model works without one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from reward_models.progress import hop, hop_to_bin, step_progress
+
+
+@dataclass
+class TrainEpisode:
+    """One successful demonstration in memory.
+
+    Attributes:
+        images: uint8 (T+1, V, H, W, 3), cameras in the model's order.
+        phi: float64 (T+1,) ground-truth step progress.
+        goal_index: frame of the last keyframe (the goal state).
+        task: task name; instruction: its instruction.
+    """
+
+    images: np.ndarray
+    phi: np.ndarray
+    goal_index: int
+    task: str
+    instruction: str
+
+
+def store_paths(data) -> list[Path]:
+    """Expand ``data`` (a store file, a directory of stores, or a list of either) to .hdf5 paths."""
+    items = [data] if isinstance(data, (str, Path)) else list(data)
+    paths: list[Path] = []
+    for item in items:
+        p = Path(str(item))
+        if p.is_dir():
+            found = sorted(p.glob("*.hdf5"))
+            if not found:
+                raise FileNotFoundError(f"no .hdf5 stores in directory {p}: collect some with stepwise-collect")
+            paths.extend(found)
+        elif p.is_file():
+            paths.append(p)
+        else:
+            raise FileNotFoundError(f"data {str(item)!r} is neither a store file nor a directory of stores")
+    return paths
+
+
+def load_episodes(data, cameras: tuple[str, ...], max_per_task: int | None = None, kinds=("expert",)) -> list[TrainEpisode]:
+    """Successful episodes of ``kinds`` from the stores in ``data``, with step-progress labels."""
+    from episodes import EpisodeStore
+
+    out: list[TrainEpisode] = []
+    per_task: dict[str, int] = {}
+    for path in store_paths(data):
+        with EpisodeStore(path, cameras=list(cameras)) as store:
+            for i in range(len(store)):
+                attrs = store.episode_attrs(i)
+                if not attrs["success"] or attrs["kind"] not in kinds:
+                    continue
+                if max_per_task is not None and per_task.get(attrs["task"], 0) >= max_per_task:
+                    continue
+                ep = store[i]
+                images = np.stack([ep.images[c] for c in cameras], axis=1)
+                out.append(TrainEpisode(images, step_progress(ep.keyframes, len(images)), int(ep.keyframes[-1]), ep.task, ep.instruction))
+                per_task[ep.task] = per_task.get(ep.task, 0) + 1
+    if not out:
+        raise ValueError(f"no successful expert episodes with cameras {list(cameras)} in {data}")
+    return out
+
+
+@dataclass
+class PairBatch:
+    """Arrays for one training step (numpy; the trainer moves them to torch).
+
+    states: uint8 (S, V, H, W, 3) images of every state to encode; the index arrays point into it.
+    before, after: int (P,) state indices; start, goal: int (P,) state indices (goal -1 = none);
+    hop: float (P,) target hop; text: int (P,) index into ``instructions``.
+    """
+
+    states: np.ndarray
+    start: np.ndarray
+    goal: np.ndarray
+    before: np.ndarray
+    after: np.ndarray
+    hop: np.ndarray
+    text: np.ndarray
+    instructions: list[str]
+
+
+class PairSampler:
+    """Draws :class:`PairBatch` es from episodes (see the module docstring)."""
+
+    def __init__(self, episodes: list[TrainEpisode], num_bins: int, frames_per_episode: int = 12,
+                 pairs_per_episode: int = 48, swap_anchor_prob: float = 0.75, drop_goal_prob: float = 0.3,
+                 zero_hop_share: float = 0.05, gap_bins: int = 4, seed: int = 0) -> None:
+        self.episodes = episodes
+        self.num_bins = num_bins
+        self.frames = frames_per_episode
+        self.pairs = pairs_per_episode
+        self.swap_anchor_prob = swap_anchor_prob
+        self.drop_goal_prob = drop_goal_prob
+        self.zero_hop_share = zero_hop_share
+        self.gap_bins = gap_bins
+        self.rng = np.random.default_rng(seed)
+        self.by_task: dict[str, list[int]] = {}
+        for i, ep in enumerate(episodes):
+            self.by_task.setdefault(ep.task, []).append(i)
+        self.instructions = sorted({ep.instruction for ep in episodes})
+
+    def _other(self, i: int) -> int:
+        peers = [j for j in self.by_task[self.episodes[i].task] if j != i]
+        return int(self.rng.choice(peers)) if peers else i
+
+    def sample(self, num_episodes: int) -> PairBatch:
+        """One batch of pairs from ``num_episodes`` episodes (tasks drawn uniformly)."""
+        rng = self.rng
+        tasks = list(self.by_task)
+        states, start_i, goal_i, before, after, hops, texts = [], [], [], [], [], [], []
+        for _ in range(num_episodes):
+            i = int(rng.choice(self.by_task[tasks[rng.integers(len(tasks))]]))
+            ep = self.episodes[i]
+            n = len(ep.phi)
+            idx = np.sort(rng.choice(n, size=min(self.frames, n), replace=False))
+            idx[0] = 0 if rng.random() < 0.3 else idx[0]  # the start itself is a common query
+            base = len(states)
+            states.extend(ep.images[idx])
+            phi = ep.phi[idx]
+            s_ep = self._other(i) if rng.random() < self.swap_anchor_prob else i
+            states.append(self.episodes[s_ep].images[0])
+            s_idx = len(states) - 1
+            g_idx = -1
+            if rng.random() >= self.drop_goal_prob:
+                g_ep = self.episodes[self._other(i)]
+                states.append(g_ep.images[g_ep.goal_index])
+                g_idx = len(states) - 1
+            # Candidate pairs: all ordered frame pairs, start -> frame, goal -> frame.
+            p, q = np.meshgrid(np.arange(len(idx)), np.arange(len(idx)), indexing="ij")
+            p, q = p.ravel(), q.ravel()
+            keep = p != q
+            cand_b = list(base + p[keep])
+            cand_a = list(base + q[keep])
+            cand_h = list(hop(phi[p[keep]], phi[q[keep]]))
+            cand_gap = list(np.abs(idx[p[keep]] - idx[q[keep]]) / max(n - 1, 1))
+            cand_b += [s_idx] * len(idx)
+            cand_a += list(base + np.arange(len(idx)))
+            cand_h += list(phi)
+            cand_gap += list(idx / max(n - 1, 1))
+            if g_idx >= 0:
+                cand_b += [g_idx] * len(idx)
+                cand_a += list(base + np.arange(len(idx)))
+                cand_h += list(phi - 1.0)
+                cand_gap += list(1.0 - idx / max(n - 1, 1))
+            cand_b, cand_a, cand_h = np.array(cand_b), np.array(cand_a), np.array(cand_h)
+            key = hop_to_bin(cand_h, self.num_bins) * self.gap_bins + np.minimum(
+                (np.array(cand_gap) * self.gap_bins).astype(int), self.gap_bins - 1)
+            _, inverse, counts = np.unique(key, return_inverse=True, return_counts=True)
+            weights = 1.0 / counts[inverse]
+            n_zero = int(round(self.zero_hop_share * self.pairs))
+            chosen = rng.choice(len(cand_h), size=self.pairs - n_zero, p=weights / weights.sum())
+            zeros = base + rng.integers(len(idx), size=n_zero)
+            before.extend(list(cand_b[chosen]) + list(zeros))
+            after.extend(list(cand_a[chosen]) + list(zeros))
+            hops.extend(list(cand_h[chosen]) + [0.0] * n_zero)
+            start_i.extend([s_idx] * self.pairs)
+            goal_i.extend([g_idx] * self.pairs)
+            texts.extend([self.instructions.index(ep.instruction)] * self.pairs)
+        return PairBatch(np.stack(states), np.array(start_i), np.array(goal_i), np.array(before),
+                         np.array(after), np.array(hops, dtype=np.float32), np.array(texts), self.instructions)

