@@ -1,0 +1,13 @@
+"""Progress and success models (step-discretized PRM, perceptual-feature reward, VLM classifier),
+their shared `RewardModel` interface, and their train / eval CLIs. Never imports `policies` or
+`real`."""
+
+from reward_models.base import (
+    CheckpointError,
+    FramesError,
+    RewardModel,
+    check_frames,
+    load,
+)
+
+__all__ = ["CheckpointError", "FramesError", "RewardModel", "check_frames", "load"]

@@ -41,12 +41,16 @@ def register(kind: str):
 
 
 def check_frames(
-    frames: Mapping[str, np.ndarray], cameras: tuple[str, ...] | list[str], image_size: tuple[int, int]
+    frames: Mapping[str, np.ndarray],
+    cameras: tuple[str, ...] | list[str],
+    image_size: tuple[int, int],
+    known: tuple[str, ...] | list[str] | None = None,
 ) -> int:
     """Validate ``frames`` for a model of ``cameras`` at ``image_size``; return T.
 
     Every camera the model needs must be present (a model may be asked to use a subset, see
-    the model's ``cameras`` argument); images must be uint8 (T, H, W, 3), all with the same T >= 1.
+    the model's ``cameras`` argument) and none it does not know (``known``, default ``cameras``)
+    may be; images must be uint8 (T, H, W, 3), all with the same T >= 1.
     Raises :class:`FramesError` naming the camera and the fix.
     """
     if not isinstance(frames, Mapping) or not frames:
@@ -59,6 +63,12 @@ def check_frames(
         raise FramesError(
             f"frames lack camera(s) {missing}: this model uses {list(cameras)}, got {list(frames)}. "
             "Render those cameras, or score with cameras=[...] set to a subset the model knows."
+        )
+    extra = [c for c in frames if c not in (known or cameras)]
+    if extra:
+        raise FramesError(
+            f"frames have camera(s) {extra} this model does not know ({list(known or cameras)}): "
+            "drop them, or render the cameras the model was trained with"
         )
     length = None
     for cam in cameras:
@@ -114,6 +124,15 @@ class RewardModel(abc.ABC):
         self, frames: Mapping[str, np.ndarray], instruction: str, reference: Any = None
     ) -> np.ndarray:
         """Probability that the task is done at each frame, float32 (T,) in [0, 1]."""
+
+    def score(
+        self, frames: Mapping[str, np.ndarray], instruction: str, reference: Any = None, **kwargs: Any
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """``(progress, success_prob)`` together; models override it to encode frames once."""
+        return (
+            self.progress(frames, instruction, reference=reference, **kwargs),
+            self.success_prob(frames, instruction, reference=reference, **kwargs),
+        )
 
     @abc.abstractmethod
     def config(self) -> dict:

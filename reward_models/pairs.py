@@ -56,8 +56,12 @@ def store_paths(data) -> list[Path]:
     return paths
 
 
-def load_episodes(data, cameras: tuple[str, ...], max_per_task: int | None = None, kinds=("expert",)) -> list[TrainEpisode]:
-    """Successful episodes of ``kinds`` from the stores in ``data``, with step-progress labels."""
+def load_episodes(data, cameras: tuple[str, ...], max_per_task: int | None = None, kinds=("expert",),
+                  resize_to: int | None = None) -> list[TrainEpisode]:
+    """Successful episodes of ``kinds`` from the stores in ``data``, with step-progress labels.
+
+    ``resize_to`` stores frames at the encoder's input size (saves memory and a resize per step).
+    """
     from episodes import EpisodeStore
 
     out: list[TrainEpisode] = []
@@ -72,11 +76,25 @@ def load_episodes(data, cameras: tuple[str, ...], max_per_task: int | None = Non
                     continue
                 ep = store[i]
                 images = np.stack([ep.images[c] for c in cameras], axis=1)
+                if resize_to is not None:
+                    images = _resize(images, resize_to)
                 out.append(TrainEpisode(images, step_progress(ep.keyframes, len(images)), int(ep.keyframes[-1]), ep.task, ep.instruction))
                 per_task[ep.task] = per_task.get(ep.task, 0) + 1
     if not out:
         raise ValueError(f"no successful expert episodes with cameras {list(cameras)} in {data}")
     return out
+
+
+def _resize(images: np.ndarray, size: int) -> np.ndarray:
+    """uint8 (T, V, H, W, 3) -> (T, V, size, size, 3) with the encoder's own resize."""
+    import torch
+
+    from reward_models.step_prm import resize_for_encoder
+
+    t, v, h, w, _ = images.shape
+    x = torch.from_numpy(images.reshape(t * v, h, w, 3)).permute(0, 3, 1, 2).float()
+    x = resize_for_encoder(x, size).round().clamp(0, 255).to(torch.uint8)
+    return x.permute(0, 2, 3, 1).reshape(t, v, size, size, 3).numpy()
 
 
 @dataclass

@@ -69,6 +69,15 @@ def resolve_device(device: str | None) -> torch.device:
     return torch.device(device)
 
 
+def resize_for_encoder(x: torch.Tensor, size: int) -> torch.Tensor:
+    """Float (N, 3, H, W) -> (N, 3, size, size), antialiased bilinear; a no-op at that size.
+
+    Training pre-resizes its images with this same function, so both see identical pixels."""
+    if x.shape[-2:] == (size, size):
+        return x
+    return F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+
+
 class ViewEncoder(nn.Module):
     """Shared per-camera image encoder: uint8 (B, 3, S, S) in, float (B, dim) out."""
 
@@ -76,10 +85,10 @@ class ViewEncoder(nn.Module):
         super().__init__()
         w = width
         self.net = nn.Sequential(
-            nn.Conv2d(3, w, 4, stride=2, padding=1), nn.GroupNorm(8, w), nn.GELU(),
-            nn.Conv2d(w, 2 * w, 3, stride=2, padding=1), nn.GroupNorm(8, 2 * w), nn.GELU(),
-            nn.Conv2d(2 * w, 4 * w, 3, stride=2, padding=1), nn.GroupNorm(8, 4 * w), nn.GELU(),
-            nn.Conv2d(4 * w, 4 * w, 3, stride=2, padding=1), nn.GroupNorm(8, 4 * w), nn.GELU(),
+            nn.Conv2d(3, w, 4, stride=2, padding=1), nn.GroupNorm(8, w), nn.ReLU(),
+            nn.Conv2d(w, 2 * w, 3, stride=2, padding=1), nn.GroupNorm(8, 2 * w), nn.ReLU(),
+            nn.Conv2d(2 * w, 4 * w, 3, stride=2, padding=1), nn.GroupNorm(8, 4 * w), nn.ReLU(),
+            nn.Conv2d(4 * w, 4 * w, 3, stride=2, padding=1), nn.GroupNorm(8, 4 * w), nn.ReLU(),
         )
         side = size // 16
         self.proj = nn.Sequential(nn.Flatten(), nn.Linear(4 * w * side * side, dim), nn.LayerNorm(dim))
@@ -116,9 +125,7 @@ class StepPRMNet(nn.Module):
         """
         b, v = images.shape[:2]
         x = images.reshape(b * v, *images.shape[2:]).permute(0, 3, 1, 2).float()
-        s = self.cfg.encoder_size
-        if x.shape[-2:] != (s, s):
-            x = F.interpolate(x, size=(s, s), mode="bilinear", antialias=True, align_corners=False)
+        x = resize_for_encoder(x, self.cfg.encoder_size)
         x = (x - self.mean) / self.std
         feats = self.view(x).view(b, v, -1) + self.camera_embedding[camera_ids]
         scores = (self.key(feats) * self.query).sum(-1) / feats.shape[-1] ** 0.5  # (B, V)
@@ -176,7 +183,7 @@ class StepPRM(RewardModel):
             model.net.load_state_dict(state)
         except FileNotFoundError as err:
             raise CheckpointError(f"{directory} has no weights.pt: re-save or re-train the model") from err
-        except (RuntimeError, EOFError, ValueError) as err:
+        except Exception as err:  # torch raises many kinds on a damaged or foreign file
             raise CheckpointError(f"{directory}/weights.pt does not fit this config or is damaged: {err}") from err
         return model
 
@@ -200,7 +207,7 @@ class StepPRM(RewardModel):
     def encode(self, frames: Mapping[str, np.ndarray], cameras: tuple[str, ...] | None = None, batch: int = 256) -> torch.Tensor:
         """Fused state embeddings of every frame, (T, dim)."""
         cameras = self._check_cameras(cameras)
-        check_frames(frames, cameras, self.image_size)
+        check_frames(frames, cameras, self.image_size, known=self.cfg.cameras)
         ids = [self.cfg.cameras.index(c) for c in cameras]
         images = self._stack(frames, cameras)
         self.net.eval()
@@ -218,47 +225,69 @@ class StepPRM(RewardModel):
 
     @torch.no_grad()
     def hops(self, frames, instruction: str, reference: Any = None, cameras=None) -> dict[str, np.ndarray]:
-        """Expected hops per perspective: incremental (T-1,), forward (T,), backward (T,) or absent;
-        plus ``p_forward_top`` (T,): probability mass of the top forward bin."""
-        states = self.encode(frames, cameras)
+        """Expected hops per perspective: incremental (T-1,), forward (T,), backward (T,) (only
+        with a reference), and ``p_forward_top`` (T,): the mass of the top forward bin."""
         ids = self._check_cameras(cameras)
-        text = self.text_embedding(instruction).expand(len(states), -1)
-        text = self.net.text(text)
-        start = states[:1].expand(len(states), -1)
-        goal = self.net.no_goal.expand(len(states), -1)
-        if reference is not None:
-            goal_frame = reference_goal_frames(reference, ids)
-            goal = self.encode(goal_frame, ids).expand(len(states), -1)
-        out: dict[str, np.ndarray] = {}
+        states = self.encode(frames, ids)
+        goal = self.encode(reference_goal_frames(reference, ids), ids) if reference is not None else None
+        return self.hops_from_states(states, instruction, goal)
+
+    @torch.no_grad()
+    def hops_from_states(self, states: torch.Tensor, instruction: str, goal: torch.Tensor | None = None) -> dict[str, np.ndarray]:
+        """:meth:`hops` on encoded states (T, dim); ``goal`` (1, dim) or None (no reference)."""
+        self.net.eval()
+        n = len(states)
+        text = self.net.text(self.text_embedding(instruction)).expand(n, -1)
+        start = states[:1].expand(n, -1)
+        goal_rows = (goal if goal is not None else self.net.no_goal[None]).expand(n, -1)
 
         def expect(before, after):
-            probs = self.net.hop_logits(start[: len(after)], goal[: len(after)], before, after, text[: len(after)]).softmax(-1)
+            m = len(after)
+            probs = self.net.hop_logits(start[:m], goal_rows[:m], before, after, text[:m]).softmax(-1)
             return (probs * self.centers).sum(-1), probs
 
-        if len(states) > 1:
+        out: dict[str, np.ndarray] = {}
+        if n > 1:
             out["incremental"] = expect(states[:-1], states[1:])[0].cpu().numpy()
         fwd, probs = expect(start, states)
         out["forward"] = fwd.cpu().numpy()
         out["p_forward_top"] = probs[:, -1].cpu().numpy()
-        if reference is not None:
-            out["backward"] = expect(goal, states)[0].cpu().numpy()
+        if goal is not None:
+            out["backward"] = expect(goal.expand(n, -1), states)[0].cpu().numpy()
         return out
 
-    def progress(self, frames, instruction: str, reference: Any = None, perspective: str | None = None, cameras=None) -> np.ndarray:
-        """Progress (T,) in [0, 1]; ``perspective`` overrides the configured one (see module doc)."""
+    def progress_from_states(self, states: torch.Tensor, instruction: str, goal: torch.Tensor | None = None,
+                             perspective: str | None = None) -> np.ndarray:
+        """:meth:`progress` on encoded states (T, dim)."""
         perspective = perspective or self.cfg.perspective
         if perspective not in PERSPECTIVE_CHOICES:
             raise ValueError(f"perspective {perspective!r} unknown: use one of {PERSPECTIVE_CHOICES}")
-        if perspective == "backward" and reference is None:
+        if perspective == "backward" and goal is None:
             raise ValueError("the backward perspective needs a goal: pass reference=<a demonstration episode>")
-        h = self.hops(frames, instruction, reference, cameras)
-        curves = {"forward": forward(h["forward"])}
-        curves["incremental"] = incremental(h.get("incremental", np.zeros(0)))
+        h = self.hops_from_states(states, instruction, goal)
+        curves = {"forward": forward(h["forward"]), "incremental": incremental(h.get("incremental", np.zeros(0)))}
         if "backward" in h:
             curves["backward"] = backward(h["backward"])
         if perspective != "fused":
             return curves[perspective].astype(np.float32)
         return np.mean(list(curves.values()), axis=0).astype(np.float32)
+
+    def progress(self, frames, instruction: str, reference: Any = None, perspective: str | None = None, cameras=None) -> np.ndarray:
+        """Progress (T,) in [0, 1]. ``perspective`` overrides the configured one (fused,
+        incremental, forward, backward; see the module doc); ``cameras`` scores with a subset."""
+        ids = self._check_cameras(cameras)
+        states = self.encode(frames, ids)
+        goal = self.encode(reference_goal_frames(reference, ids), ids) if reference is not None else None
+        return self.progress_from_states(states, instruction, goal, perspective)
+
+    def score(self, frames, instruction: str, reference: Any = None, perspective: str | None = None, cameras=None):
+        """``(progress, success_prob)`` from one encoder pass."""
+        ids = self._check_cameras(cameras)
+        states = self.encode(frames, ids)
+        goal = self.encode(reference_goal_frames(reference, ids), ids) if reference is not None else None
+        progress = self.progress_from_states(states, instruction, goal, perspective)
+        top = self.hops_from_states(states, instruction, goal)["p_forward_top"]
+        return progress, np.clip(top, 0, 1).astype(np.float32)
 
     def success_prob(self, frames, instruction: str, reference: Any = None, cameras=None) -> np.ndarray:
         """P(done) per frame: the mass of the top forward-hop bin (hop ~ 1 from the start)."""

@@ -90,7 +90,7 @@ def train(cfg) -> StepPRM:
         model = StepPRM(StepPRMConfig(cameras=tuple(r.cameras), image_size=(int(r.image_size), int(r.image_size)),
                                       encoder_size=int(r.encoder_size), width=int(r.width), dim=int(r.dim),
                                       num_bins=int(r.num_bins), perspective=r.perspective, device=r.device))
-    episodes = load_episodes(cfg.data, model.cameras, cfg.max_episodes_per_task)
+    episodes = load_episodes(cfg.data, model.cameras, cfg.max_episodes_per_task, resize_to=model.cfg.encoder_size)
     val = [ep for k, ep in enumerate(episodes) if cfg.val_every_nth and k % int(cfg.val_every_nth) == 0]
     train_eps = [ep for ep in episodes if not any(ep is v for v in val)] or episodes
     log.info("training on %d episodes of %d tasks (%d validation)", len(train_eps), len({e.task for e in train_eps}), len(val))
@@ -159,12 +159,13 @@ def train(cfg) -> StepPRM:
     return model
 
 
+@torch.no_grad()
 def validation_voc(model: StepPRM, episodes) -> float:
     """Mean Spearman(time, forward progress) over validation episodes (up to the goal frame)."""
     vocs = []
     for ep in episodes:
-        frames = {c: ep.images[: ep.goal_index + 1, k] for k, c in enumerate(model.cameras)}
-        vocs.append(spearman(np.arange(len(frames[model.cameras[0]])), model.progress(frames, ep.instruction, perspective="forward")))
+        states = model.net.encode_states(torch.from_numpy(ep.images[: ep.goal_index + 1]).to(model.device), list(range(len(model.cameras))))
+        vocs.append(spearman(np.arange(len(states)), model.progress_from_states(states, ep.instruction, perspective="forward")))
     return float(np.nanmean(vocs))
 
 

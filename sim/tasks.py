@@ -129,12 +129,12 @@ def get_task(name: str) -> TaskSpec:
 
 
 def task_split(name: str = "default") -> dict[str, list[str]]:
-    """The train / held-out task split stored in ``configs/split/<name>.yaml``.
+    """The train / held-out task split stored in ``configs/task_split/<name>.yaml``.
 
     Returns a dict with keys ``train`` and ``heldout``, each a list of registered task names.
     General reward-model pre-training must only ever see ``train``.
     """
-    path = resources.files("configs").joinpath("split", f"{name}.yaml")
+    path = resources.files("configs").joinpath("task_split", f"{name}.yaml")
     if not path.is_file():
         raise FileNotFoundError(f"no task split {name!r}: expected {path}")
     raw = yaml.safe_load(path.read_text())

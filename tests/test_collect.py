@@ -72,7 +72,7 @@ def _collect(out: Path, *args: str) -> subprocess.CompletedProcess:
 
 def test_stepwise_collect_writes_a_valid_store_and_resumes(tmp_path):
     run = _collect(tmp_path, "task=metaworld/drawer-open", "episodes=2", "failures=1",
-                   "failure_kinds=[stall]")
+                   "failure_kinds=[stall]", "split=demo")
     assert run.returncode == 0, run.stderr[-2000:]
     path = tmp_path / "drawer-open.hdf5"
     with EpisodeStore(path, cameras=["corner", "corner2", "gripperPOV"]) as store:

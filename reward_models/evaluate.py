@@ -1,0 +1,704 @@
+"""`stepwise-eval-rm`: score any :class:`~reward_models.base.RewardModel` on episode stores.
+
+Usage::
+
+    stepwise-eval-rm model=general data=data/demos out=results/eval_rm
+    stepwise-eval-rm model=runs/prm/ckpt data=[a.hdf5,b.hdf5] out=out reference=none
+
+writes ``out/report.json`` (every number), ``out/report.md`` (tables) and PNG plots. The same
+evaluation is available in Python as :func:`evaluate` (returns the JSON-able results dict) and
+:func:`render_report` (writes the files).
+
+Rows of the report: ``model`` (the fused camera rig), ``camera:<name>`` (each camera alone, when
+the model's ``progress`` accepts ``cameras=``), ``random`` (uniform random scores, fixed seed)
+and ``sim_dense_gt`` (the simulator's dense reward normalised per task: PRIVILEGED, an upper
+reference, not a competitor).
+
+Metrics per task (overall = mean over tasks):
+
+* ``voc_d<k>``: value-order correlation, the Spearman correlation between time index and predicted
+  progress over successful episodes scored at every k-th frame (frames are subsampled BEFORE the
+  model sees them), averaged over episodes.
+* ``voc_reversed``: the same on successful episodes played backwards (good models: close to -1).
+* ``auroc``: AUROC of final-frame progress, successful vs failed episodes (None without both).
+* ``success_acc`` / ``success_f1`` / ``success_ece``: per-frame ``success_prob`` against the
+  per-frame success label; the threshold is chosen on a validation half of the episodes (even
+  positions, in store order) and the metrics are reported on the other half.
+
+Reference demonstration (``reference="first_success"``): per task, the first successful expert
+episode is passed as ``reference=`` to the model and is excluded from the scored episodes, so
+anchors never come from the episode being scored.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Sequence
+
+import numpy as np
+
+
+DENSITIES = (1, 4, 16)
+BASELINES = ("random", "sim_dense_gt")
+REFERENCE_RULES = ("first_success", "none")
+THRESHOLD_METRICS = ("accuracy", "f1")
+METRIC_NAMES_EXTRA = ("voc_reversed", "auroc", "success_acc", "success_f1", "success_ece", "threshold")
+
+Scorer = Callable[[Any, np.ndarray, Any, bool], tuple[np.ndarray, "np.ndarray | None"]]
+"""``score(episode, frame_idx int (n,), reference episode or None, want_success) ->
+(progress float (n,), success_prob float (n,) or None)``: scores the frames ``frame_idx`` of an
+episode, in that order (reversed or subsampled sequences are passed as such)."""
+
+
+# --------------------------------------------------------------------------- metrics
+
+
+def rankdata(x: np.ndarray) -> np.ndarray:
+    """Ranks 1..n of ``x`` (1-d), ties given their average rank; float64 (n,)."""
+    x = np.asarray(x, dtype=np.float64).ravel()
+    order = np.argsort(x, kind="mergesort")
+    ranks = np.empty(len(x), dtype=np.float64)
+    ranks[order] = np.arange(1, len(x) + 1)
+    # average the ranks of each run of equal values
+    _, inverse, counts = np.unique(x, return_inverse=True, return_counts=True)
+    sums = np.bincount(inverse, weights=ranks)
+    return sums[inverse] / counts[inverse]
+
+
+def spearman(x: np.ndarray, y: np.ndarray) -> float | None:
+    """Spearman rank correlation of two equal-length 1-d sequences (average ranks for ties).
+
+    Returns None with fewer than 2 points; 0.0 when either sequence is constant (no ordering
+    information: a model that predicts a flat curve gets no credit, rather than an undefined value).
+    """
+    x, y = np.asarray(x, dtype=np.float64).ravel(), np.asarray(y, dtype=np.float64).ravel()
+    if len(x) != len(y):
+        raise ValueError(f"spearman needs equal lengths, got {len(x)} and {len(y)}")
+    if len(x) < 2:
+        return None
+    rx, ry = rankdata(x), rankdata(y)
+    rx, ry = rx - rx.mean(), ry - ry.mean()
+    denom = np.sqrt((rx**2).sum() * (ry**2).sum())
+    return 0.0 if denom == 0 else float((rx * ry).sum() / denom)
+
+
+def voc(progress: np.ndarray) -> float | None:
+    """Value-order correlation: Spearman between time index and ``progress`` float (n,)."""
+    progress = np.asarray(progress)
+    return spearman(np.arange(len(progress)), progress)
+
+
+def auroc(positive: Sequence[float], negative: Sequence[float]) -> float | None:
+    """Area under the ROC curve (Mann-Whitney U, ties count 1/2); None if a class is empty.
+
+    Args:
+        positive: scores of the positive class (successful episodes), float (P,).
+        negative: scores of the negative class (failed episodes), float (N,).
+    """
+    pos, neg = np.asarray(positive, dtype=np.float64), np.asarray(negative, dtype=np.float64)
+    if len(pos) == 0 or len(neg) == 0:
+        return None
+    ranks = rankdata(np.concatenate([pos, neg]))
+    u = ranks[: len(pos)].sum() - len(pos) * (len(pos) + 1) / 2
+    return float(u / (len(pos) * len(neg)))
+
+
+def expected_calibration_error(prob: np.ndarray, label: np.ndarray, bins: int = 10) -> float | None:
+    """ECE over ``bins`` equal-width bins of [0, 1]: sum_b n_b/N |mean(prob_b) - mean(label_b)|.
+
+    Args:
+        prob: predicted probabilities, float (N,) in [0, 1].
+        label: 0/1 ground truth, (N,).
+    Returns None for N = 0.
+    """
+    prob, label = np.asarray(prob, dtype=np.float64).ravel(), np.asarray(label, dtype=np.float64).ravel()
+    if len(prob) == 0:
+        return None
+    idx = np.clip((prob * bins).astype(np.int64), 0, bins - 1)  # prob == 1 falls in the last bin
+    gap = np.abs(np.bincount(idx, weights=prob, minlength=bins) - np.bincount(idx, weights=label, minlength=bins))
+    return float(gap.sum() / len(prob))  # sum_b |sum(prob_b) - sum(label_b)| / N == the weighted gap
+
+
+def binary_scores(pred: np.ndarray, label: np.ndarray) -> tuple[float | None, float | None]:
+    """(accuracy, F1) of bool predictions against 0/1 labels, both (N,); F1 None when undefined."""
+    pred, label = np.asarray(pred, dtype=bool), np.asarray(label, dtype=bool)
+    if len(pred) == 0:
+        return None, None
+    tp = int((pred & label).sum())
+    denom = 2 * tp + int((pred & ~label).sum()) + int((~pred & label).sum())
+    return float((pred == label).mean()), (None if denom == 0 else 2 * tp / denom)
+
+
+def choose_threshold(prob: np.ndarray, label: np.ndarray, metric: str = "accuracy") -> float:
+    """The threshold t (predict success where prob >= t) maximising ``metric`` on (prob, label).
+
+    Candidates are the distinct predicted values (at most 257 quantiles of them) plus one above
+    every prediction (predict no success anywhere). Returns 0.5 for empty input.
+    """
+    if metric not in THRESHOLD_METRICS:
+        raise ValueError(f"threshold_metric={metric!r} unknown: use one of {THRESHOLD_METRICS}")
+    prob, label = np.asarray(prob, dtype=np.float64).ravel(), np.asarray(label).ravel()
+    if len(prob) == 0:
+        return 0.5
+    cands = np.unique(prob)
+    if len(cands) > 257:
+        cands = np.unique(np.quantile(prob, np.linspace(0, 1, 257)))
+    cands = np.append(cands, np.nextafter(cands[-1], np.inf))
+    best, best_t = -1.0, 0.5
+    for t in cands:
+        acc, f1 = binary_scores(prob >= t, label)
+        value = acc if metric == "accuracy" else (f1 or 0.0)
+        if value > best:
+            best, best_t = value, float(t)
+    return best_t
+
+
+def _mean(values: Iterable[float | None]) -> float | None:
+    vals = [v for v in values if v is not None and np.isfinite(v)]
+    return float(np.mean(vals)) if vals else None
+
+
+# --------------------------------------------------------------------------- scorers
+
+
+def model_accepts_cameras(model: Any) -> bool:
+    """Whether ``model.progress`` takes a ``cameras=`` argument (single-camera ablation possible)."""
+    try:
+        params = inspect.signature(model.progress).parameters.values()
+    except (TypeError, ValueError):
+        return False
+    return any(p.name == "cameras" or p.kind == p.VAR_KEYWORD for p in params)
+
+
+def model_scorer(model: Any, cameras: Sequence[str] | None = None) -> Scorer:
+    """A :data:`Scorer` calling ``model.progress`` / ``model.success_prob`` on the episode's frames.
+
+    ``cameras`` (a subset of ``model.cameras``) is passed on as ``cameras=[...]``; None uses the rig.
+    """
+    cams = tuple(cameras) if cameras else tuple(model.cameras)
+    kwargs = {"cameras": list(cameras)} if cameras else {}
+
+    def score(episode: Any, idx: np.ndarray, reference: Any, want_success: bool):
+        missing = [c for c in cams if c not in episode.images]
+        if missing:
+            raise ValueError(
+                f"episode of task {episode.task!r} lacks camera(s) {missing} the model uses "
+                f"({list(cams)}); evaluate on stores rendered with those cameras"
+            )
+        frames = {c: episode.images[c][idx] for c in cams}
+        if want_success and hasattr(model, "score"):  # one pass for both outputs
+            prog, succ = model.score(frames, episode.instruction, reference=reference, **kwargs)
+            return _check_output("progress", prog, len(idx)), _check_output("success_prob", succ, len(idx))
+        prog = _check_output("progress", model.progress(frames, episode.instruction, reference=reference, **kwargs), len(idx))
+        succ = None
+        if want_success:
+            succ = _check_output(
+                "success_prob", model.success_prob(frames, episode.instruction, reference=reference, **kwargs), len(idx)
+            )
+        return prog, succ
+
+    return score
+
+
+def _check_output(what: str, values: Any, n: int) -> np.ndarray:
+    arr = np.asarray(values, dtype=np.float64)
+    if arr.shape != (n,):
+        raise ValueError(f"the model's {what}() returned shape {arr.shape} for {n} frames: it must return ({n},)")
+    return arr
+
+
+def random_scorer(seed: int = 0) -> Scorer:
+    """Uniform random progress and success probability (a chance-level reference row)."""
+    rng = np.random.default_rng(seed)
+
+    def score(episode: Any, idx: np.ndarray, reference: Any, want_success: bool):
+        return rng.random(len(idx)), (rng.random(len(idx)) if want_success else None)
+
+    return score
+
+
+def dense_reward_scorer() -> Scorer:
+    """The simulator's dense reward of each frame, UNNORMALISED (normalised per task afterwards).
+
+    Frame t >= 1 takes ``infos["dense_reward"][t-1]`` (the reward after action t); frame 0 has
+    no reward of its own and takes that of the first action, its nearest neighbour.
+    """
+
+    def score(episode: Any, idx: np.ndarray, reference: Any, want_success: bool):
+        dense = np.asarray(episode.infos["dense_reward"], dtype=np.float64)
+        per_frame = np.concatenate([dense[:1], dense])
+        values = per_frame[idx]
+        return values, (values.copy() if want_success else None)
+
+    return score
+
+
+# --------------------------------------------------------------------------- evaluation
+
+
+@dataclass
+class _Scored:
+    """One row's scores of one episode."""
+
+    label: str
+    success: bool
+    kind: str
+    keyframes: list[int]
+    progress: dict[int, np.ndarray]  # density -> float (ceil(T+1 / d),) progress at frames 0::d
+    reversed_progress: np.ndarray  # float (T+1,) progress of the time-reversed episode
+    success_prob: np.ndarray  # float (T+1,) at every frame
+    success_true: np.ndarray | None  # float (T+1,) per-frame success label, None if unknown
+
+
+@dataclass
+class _Row:
+    privileged: bool = False
+    scored: dict[str, list[_Scored]] = field(default_factory=dict)  # task -> episodes
+    states: int = 0
+    seconds: float = 0.0
+
+
+def resolve_stores(data: str | os.PathLike | Iterable[str | os.PathLike]) -> list[Path]:
+    """Store files from a store file, a directory of ``*.hdf5`` stores, or a list of either.
+
+    Raises FileNotFoundError for a missing path and ValueError for a directory without stores.
+    """
+    items = [data] if isinstance(data, (str, os.PathLike)) else list(data)
+    if not items:
+        raise ValueError("data= is empty: give a store file, a directory of .hdf5 stores, or a list of them")
+    paths: list[Path] = []
+    for item in items:
+        p = Path(item)
+        if p.is_dir():
+            found = sorted(p.glob("*.hdf5"))
+            if not found:
+                raise ValueError(f"data directory {str(p)!r} holds no .hdf5 stores; collect some with stepwise-collect")
+            paths += found
+        elif p.exists():
+            paths.append(p)
+        else:
+            raise FileNotFoundError(
+                f"episode store {str(p)!r} does not exist; give a store file, a directory of .hdf5 stores, or a list"
+            )
+    return paths
+
+
+def _frame_success(episode: Any) -> np.ndarray | None:
+    """Per-frame success float (T+1,): frame t >= 1 has the success after action t, frame 0 has 0."""
+    succ = episode.infos.get("success")
+    if succ is None:
+        return None
+    return np.concatenate([[0.0], np.asarray(succ, dtype=np.float64) > 0.5]).astype(np.float64)
+
+
+def evaluate(
+    model: Any,
+    stores: str | os.PathLike | Iterable[str | os.PathLike],
+    cameras_ablation: bool = True,
+    reference: str = "first_success",
+    densities: Sequence[int] = DENSITIES,
+    baselines: Sequence[str] = BASELINES,
+    threshold_metric: str = "accuracy",
+    seed: int = 0,
+    max_episodes_per_task: int | None = None,
+    plot_episodes: int = 3,
+) -> dict:
+    """Score ``model`` on every episode of ``stores``; returns the JSON-serialisable results.
+
+    Args:
+        model: a RewardModel (anything with ``progress``/``success_prob`` and ``cameras``).
+        stores: a store file, a directory of ``*.hdf5`` stores, or a list of either.
+        cameras_ablation: also score each camera alone (needs ``progress(..., cameras=[...])``).
+        reference: ``first_success`` (per task, the first successful expert episode is the
+            reference and is not scored) or ``none``.
+        densities: frame strides for VOC (1 = every frame); 1 is always scored.
+        baselines: reference rows among ``random`` and ``sim_dense_gt``.
+        threshold_metric: what the success threshold maximises on the validation half.
+        seed: seed of the ``random`` row.
+        max_episodes_per_task: score at most this many episodes per task (None: all).
+        plot_episodes: successes and failures per task whose fused progress curves are kept
+            (``results["curves"]``) for plotting.
+
+    Returns:
+        ``{"settings", "tasks", "rows": {row: {"privileged", "per_task": {task: metrics},
+        "mean": metrics, "states", "seconds", "states_per_s"}}, "throughput", "curves", "notes"}``.
+
+    Raises:
+        FileNotFoundError / episodes.StoreError: a missing or damaged store.
+        ValueError: bad options, or frames the model cannot score.
+    """
+    from episodes import EpisodeStore
+
+    if reference not in REFERENCE_RULES:
+        raise ValueError(f"reference={reference!r} unknown: use one of {REFERENCE_RULES}")
+    unknown = [b for b in baselines if b not in BASELINES]
+    if unknown:
+        raise ValueError(f"baselines {unknown} unknown: use a subset of {list(BASELINES)}")
+    densities = sorted({1, *(int(d) for d in densities)})
+    if densities[0] < 1:
+        raise ValueError(f"densities must be positive frame strides, got {densities}")
+    if threshold_metric not in THRESHOLD_METRICS:
+        raise ValueError(f"threshold_metric={threshold_metric!r} unknown: use one of {THRESHOLD_METRICS}")
+    paths = resolve_stores(stores)
+    notes: list[str] = []
+    cameras = list(getattr(model, "cameras", []) or [])
+
+    scorers: dict[str, tuple[Scorer, _Row]] = {"model": (model_scorer(model), _Row())}
+    if cameras_ablation:
+        if not model_accepts_cameras(model):
+            notes.append("camera ablation skipped: the model's progress() takes no cameras= argument")
+        elif len(cameras) < 2:
+            notes.append("camera ablation skipped: the model uses a single camera")
+        else:
+            for cam in cameras:
+                scorers[f"camera:{cam}"] = (model_scorer(model, [cam]), _Row())
+    if "random" in baselines:
+        scorers["random"] = (random_scorer(seed), _Row())
+    if "sim_dense_gt" in baselines:
+        scorers["sim_dense_gt"] = (dense_reward_scorer(), _Row(privileged=True))
+    model_rows = [name for name in scorers if name == "model" or name.startswith("camera:")]
+
+    # references first, so that every scored episode of a task sees the same one
+    references: dict[str, tuple[Path, int, Any]] = {}  # task -> (store, index, episode)
+    if reference == "first_success":
+        for path in paths:
+            with EpisodeStore(path, cameras=cameras or None) as store:
+                for i in range(len(store)):
+                    attrs = store.episode_attrs(i)
+                    if attrs["task"] not in references and attrs["success"] and attrs["kind"] == "expert":
+                        references[attrs["task"]] = (path, i, store[i])
+
+    tasks: dict[str, dict] = {}
+    dense_range: dict[str, list[float]] = {}  # task -> [min, max] of the dense reward over the store
+    curves: dict[str, list[dict]] = {}
+    started = time.perf_counter()
+    for path in paths:
+        # load only the cameras the model sees; a store lacking one fails here, naming it
+        with EpisodeStore(path, cameras=cameras or None) as store:
+            for i in range(len(store)):
+                attrs = store.episode_attrs(i)
+                task = attrs["task"]
+                info = tasks.setdefault(task, {"stores": [], "reference": None, "scored": 0, "successes": 0,
+                                               "failures": 0, "instruction": attrs["instruction"]})
+                if str(path) not in info["stores"]:
+                    info["stores"].append(str(path))
+                ref_path, ref_index, ref_episode = references.get(task, (None, None, None))
+                is_ref = (ref_path, ref_index) == (path, i)
+                if not is_ref and max_episodes_per_task is not None and info["scored"] >= max_episodes_per_task:
+                    continue
+                episode = ref_episode if is_ref else store[i]
+                label = f"{path.name}:{attrs['name']}"
+                if "dense_reward" in episode.infos:
+                    lo_hi = dense_range.setdefault(task, [np.inf, -np.inf])
+                    lo_hi[0] = min(lo_hi[0], float(np.min(episode.infos["dense_reward"])))
+                    lo_hi[1] = max(lo_hi[1], float(np.max(episode.infos["dense_reward"])))
+                if is_ref:  # anchors never come from the scored episode: the reference is not scored
+                    info["reference"] = label
+                    continue
+                info["scored"] += 1
+                info["successes" if episode.success else "failures"] += 1
+                for name, (scorer, row) in scorers.items():
+                    if name == "sim_dense_gt" and "dense_reward" not in episode.infos:
+                        continue
+                    scored = _score_episode(scorer, row, episode, ref_episode, label, densities)
+                    row.scored.setdefault(task, []).append(scored)
+                    if name == "model":
+                        _keep_curve(curves.setdefault(task, []), scored, plot_episodes)
+    wall = time.perf_counter() - started
+    if not tasks:
+        raise ValueError(f"the stores {[str(p) for p in paths]} hold no episodes")
+    for task, info in tasks.items():
+        if reference == "first_success" and info["reference"] is None:
+            notes.append(f"{task}: no successful expert episode, scored without a reference")
+        if info["scored"] == 0:
+            notes.append(f"{task}: no episode left to score besides the reference")
+    if "sim_dense_gt" in scorers:
+        if not dense_range:
+            notes.append("sim_dense_gt skipped: the episodes have no infos['dense_reward'] (not simulated?)")
+            del scorers["sim_dense_gt"]
+        else:
+            _normalise_dense(scorers["sim_dense_gt"][1], dense_range)
+
+    rows = {}
+    for name, (_, row) in scorers.items():
+        per_task = {task: _task_metrics(scored, densities, threshold_metric) for task, scored in sorted(row.scored.items())}
+        keys = _metric_keys(densities)
+        rows[name] = {
+            "privileged": row.privileged,
+            "per_task": per_task,
+            "mean": {k: _mean(m[k] for m in per_task.values()) for k in keys},
+            "states": row.states,
+            "seconds": row.seconds,
+            "states_per_s": row.states / row.seconds if row.seconds > 0 else None,
+        }
+    model_states = sum(scorers[r][1].states for r in model_rows)
+    model_seconds = sum(scorers[r][1].seconds for r in model_rows)
+    return _jsonable({
+        "settings": {
+            "model": str(getattr(model, "path", None) or type(model).__name__),
+            "model_kind": getattr(model, "kind", type(model).__name__),
+            "cameras": cameras,
+            "stores": [str(p) for p in paths],
+            "episodes_scored": sum(t["scored"] for t in tasks.values()),
+            "reference": reference,
+            "densities": densities,
+            "threshold_metric": threshold_metric,
+            "split": "validation = even positions of each task's scored episodes, test = odd",
+            "seed": seed,
+            "cpu_cores": os.cpu_count(),
+            "cpu_cores_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        },
+        "tasks": tasks,
+        "rows": rows,
+        "throughput": {
+            "states": model_states,
+            "model_seconds": model_seconds,
+            "states_per_s": model_states / model_seconds if model_seconds > 0 else None,
+            "wall_seconds": wall,
+            "note": "states = time steps (all cameras of the row) passed to progress(); seconds = "
+                    "wall time inside progress()/success_prob() of the model rows",
+        },
+        "curves": curves,
+        "notes": notes,
+    })
+
+
+def _score_episode(scorer: Scorer, row: _Row, episode: Any, reference: Any, label: str,
+                   densities: Sequence[int]) -> _Scored:
+    """Every pass a row needs on one episode: each density, reversed, success at every frame."""
+    n = int(episode.num_steps) + 1
+    every = np.arange(n)
+    tic = time.perf_counter()
+    progress: dict[int, np.ndarray] = {}
+    prog, succ = scorer(episode, every, reference, True)
+    progress[1] = prog
+    for d in densities:
+        if d > 1:  # subsampled BEFORE scoring: incremental models see the sparser sequence
+            progress[d] = scorer(episode, every[::d], reference, False)[0]
+    reversed_progress = scorer(episode, every[::-1].copy(), reference, False)[0]
+    row.seconds += time.perf_counter() - tic
+    row.states += sum(len(p) for p in progress.values()) + n
+    return _Scored(label, bool(episode.success), str(episode.kind), [int(k) for k in episode.keyframes],
+                   progress, reversed_progress, succ, _frame_success(episode))
+
+
+def _keep_curve(kept: list[dict], s: _Scored, per_class: int) -> None:
+    if sum(c["success"] == s.success for c in kept) < per_class:
+        kept.append({"episode": s.label, "success": s.success, "kind": s.kind, "keyframes": s.keyframes,
+                     "progress": s.progress[1].tolist()})
+
+
+def _normalise_dense(row: _Row, dense_range: dict[str, list[float]]) -> None:
+    """Map the dense-reward row to [0, 1] per task with the task's min/max over the store."""
+    for task, scored in row.scored.items():
+        lo, hi = dense_range[task]
+        scale = hi - lo if hi > lo else 1.0
+        for s in scored:
+            s.progress = {d: (p - lo) / scale for d, p in s.progress.items()}
+            s.reversed_progress = (s.reversed_progress - lo) / scale
+            s.success_prob = (s.success_prob - lo) / scale
+
+
+def _metric_keys(densities: Sequence[int]) -> list[str]:
+    return [f"voc_d{d}" for d in densities] + list(METRIC_NAMES_EXTRA)
+
+
+def _task_metrics(scored: list[_Scored], densities: Sequence[int], threshold_metric: str) -> dict:
+    """The metrics of one row on one task's scored episodes."""
+    successes = [s for s in scored if s.success]
+    out: dict[str, Any] = {f"voc_d{d}": _mean(voc(s.progress[d]) for s in successes) for d in densities}
+    out["voc_reversed"] = _mean(voc(s.reversed_progress) for s in successes)
+    out["auroc"] = auroc([s.progress[1][-1] for s in successes], [s.progress[1][-1] for s in scored if not s.success])
+    labelled = [s for s in scored if s.success_true is not None]
+    val, test = labelled[0::2], labelled[1::2]
+    out["threshold"] = out["success_acc"] = out["success_f1"] = out["success_ece"] = None
+    if test:
+        join = lambda group, attr: np.concatenate([getattr(s, attr) for s in group])  # noqa: E731
+        t = choose_threshold(join(val, "success_prob"), join(val, "success_true"), threshold_metric) if val else 0.5
+        prob, label = join(test, "success_prob"), join(test, "success_true")
+        out["threshold"] = t
+        out["success_acc"], out["success_f1"] = binary_scores(prob >= t, label)
+        out["success_ece"] = expected_calibration_error(np.clip(prob, 0, 1), label)
+    out["episodes"] = len(scored)
+    out["successes"] = len(successes)
+    return out
+
+
+def _jsonable(obj: Any) -> Any:
+    """Plain JSON types: numpy scalars to Python, NaN/inf to None."""
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return _jsonable(obj.tolist())
+    if isinstance(obj, (np.bool_, bool)):
+        return bool(obj)
+    if isinstance(obj, (np.integer,)):
+        return int(obj)
+    if isinstance(obj, (float, np.floating)):
+        return float(obj) if np.isfinite(obj) else None
+    return obj
+
+
+# --------------------------------------------------------------------------- report
+
+
+def _fmt(v: Any) -> str:
+    if v is None:
+        return "–"
+    if isinstance(v, float):
+        return f"{v:.3f}"
+    return str(v)
+
+
+def render_report(results: dict, out_dir: str | os.PathLike) -> list[Path]:
+    """Write ``report.json``, ``report.md`` and the PNG plots of :func:`evaluate`'s results.
+
+    Returns the paths written.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    written = [out / "report.json", out / "report.md"]
+    (out / "report.json").write_text(json.dumps(results, indent=2))
+    (out / "report.md").write_text(_markdown(results))
+    written += _plots(results, out)
+    return written
+
+
+def _markdown(results: dict) -> str:
+    s = results["settings"]
+    lines = [
+        "# Reward-model evaluation",
+        "",
+        f"- model: `{s['model']}` ({s['model_kind']}, cameras {', '.join(s['cameras']) or '–'})",
+        f"- stores: {', '.join(f'`{p}`' for p in s['stores'])}",
+        f"- episodes scored: {s['episodes_scored']} (references excluded)",
+        f"- reference rule: {s['reference']}",
+        f"- success threshold: chosen for {s['threshold_metric']} on the validation half; {s['split']}",
+        f"- machine: {s['cpu_cores']} CPU cores ({s['cpu_cores_usable']} usable)",
+    ]
+    tp = results["throughput"]
+    lines.append(f"- scoring throughput: {_fmt(tp['states_per_s'])} states/s ({tp['states']} states in "
+                 f"{tp['model_seconds']:.1f} s of model calls; whole evaluation {tp['wall_seconds']:.1f} s)")
+    lines += ["", "| task | reference | scored | successes | failures |", "|---|---|---|---|---|"]
+    for task, info in results["tasks"].items():
+        lines.append(f"| {task} | {info['reference'] or '–'} | {info['scored']} | {info['successes']} | {info['failures']} |")
+    for name, row in results["rows"].items():
+        tasks = list(row["per_task"])
+        title = f"## {name}" + (" (PRIVILEGED: simulator state, a reference, not a competitor)" if row["privileged"] else "")
+        lines += ["", title, ""]
+        if name == "model" or name.startswith("camera:"):
+            lines += [f"throughput: {_fmt(row['states_per_s'])} states/s", ""]
+        lines.append("| metric | " + " | ".join(tasks) + " | mean |")
+        lines.append("|---" * (len(tasks) + 2) + "|")
+        for key in row["mean"]:
+            cells = [_fmt(row["per_task"][t].get(key)) for t in tasks]
+            lines.append(f"| {key} | " + " | ".join(cells) + f" | {_fmt(row['mean'][key])} |")
+    if results["notes"]:
+        lines += ["", "## Notes", ""] + [f"- {n}" for n in results["notes"]]
+    return "\n".join(lines) + "\n"
+
+
+def _safe(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
+
+
+def _plots(results: dict, out: Path) -> list[Path]:
+    """Progress curves per task (one PNG each) and per-task VOC / AUROC bars (one PNG)."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # headless: no display on the robot / CI machines
+    import matplotlib.pyplot as plt
+
+    written: list[Path] = []
+    for task, kept in results["curves"].items():
+        fig, ax = plt.subplots(figsize=(7, 4))
+        for j, c in enumerate(kept):
+            color = f"C{j % 10}"
+            ax.plot(c["progress"], color=color, linestyle="-" if c["success"] else "--",
+                    label=f"{c['episode']} ({c['kind']}, {'success' if c['success'] else 'failure'})")
+            for k in c["keyframes"]:
+                ax.axvline(k, color=color, alpha=0.5, linewidth=0.8, linestyle=":")
+        ax.set(title=f"{task}: predicted progress (keyframes as vertical lines)", xlabel="frame",
+               ylabel="progress", ylim=(-0.05, 1.05))
+        ax.legend(fontsize=6)
+        path = out / f"progress_{_safe(task)}.png"
+        fig.tight_layout()
+        fig.savefig(path, dpi=100)
+        plt.close(fig)
+        written.append(path)
+
+    rows = results["rows"]
+    tasks = sorted(results["tasks"])
+    fig, axes = plt.subplots(1, 2, figsize=(max(8, 2 + 1.5 * len(tasks) * 2), 4))
+    width = 0.8 / max(len(rows), 1)
+    for ax, key in zip(axes, ("voc_d1", "auroc")):
+        for j, (name, row) in enumerate(rows.items()):
+            vals = [row["per_task"].get(t, {}).get(key) for t in tasks]
+            ax.bar(np.arange(len(tasks)) + j * width, [np.nan if v is None else v for v in vals], width,
+                   label=name + (" (privileged)" if row["privileged"] else ""))
+        ax.set_xticks(np.arange(len(tasks)) + width * (len(rows) - 1) / 2)
+        ax.set_xticklabels(tasks, rotation=30, ha="right", fontsize=7)
+        ax.axhline(0.5 if key == "auroc" else 0.0, color="gray", linewidth=0.8)
+        ax.set(title=key, ylim=(-1.05, 1.05) if key == "voc_d1" else (0, 1.05))
+    axes[0].legend(fontsize=6)
+    fig.tight_layout()
+    path = out / "metrics_per_task.png"
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return written + [path]
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+def run(cfg: Any) -> dict:
+    """Load the model named by ``cfg.model``, evaluate it on ``cfg.data`` and write ``cfg.out``."""
+    from omegaconf import OmegaConf
+
+    from reward_models.base import load
+
+    data = OmegaConf.to_container(cfg.data) if OmegaConf.is_config(cfg.data) else cfg.data
+    stores = resolve_stores(data)  # a wrong data= path fails before the (slower) model load
+    model = load(cfg.model, device=cfg.device)
+    results = evaluate(
+        model, stores, cameras_ablation=bool(cfg.cameras_ablation), reference=str(cfg.reference),
+        densities=list(cfg.densities), baselines=list(cfg.baselines), threshold_metric=str(cfg.threshold_metric),
+        seed=int(cfg.seed), max_episodes_per_task=cfg.max_episodes_per_task, plot_episodes=int(cfg.plot_episodes),
+    )
+    results["settings"]["model"] = str(cfg.model)
+    render_report(results, cfg.out)
+    return results
+
+
+def main() -> None:
+    """Console entry point (Hydra): ``stepwise-eval-rm model=<ckpt> data=<stores> out=<dir>``."""
+    import hydra
+
+    @hydra.main(config_path="../configs", config_name="eval_rm", version_base="1.3")
+    def _run(cfg) -> None:
+        from episodes import StoreError
+        from reward_models.base import CheckpointError
+
+        try:
+            results = run(cfg)
+        except (StoreError, CheckpointError, FileNotFoundError, ValueError) as err:
+            msg = " ".join(str(err).split())  # one line, whatever the message
+            print(f"stepwise-eval-rm: error: {msg}", file=sys.stderr)
+            sys.exit(2)
+        mean = results["rows"]["model"]["mean"]
+        print(f"VOC {_fmt(mean['voc_d1'])}  reversed {_fmt(mean['voc_reversed'])}  AUROC {_fmt(mean['auroc'])}  "
+              f"success acc {_fmt(mean['success_acc'])}  ->  {Path(cfg.out) / 'report.md'}")
+
+    _run()
+
+
+if __name__ == "__main__":
+    main()

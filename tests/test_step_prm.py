@@ -1,0 +1,181 @@
+"""The step-discretized progress model: labels, reconstructions, sampler, learning, save/load, errors."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import reward_models
+from episodes import EpisodeStore
+from reward_models.base import CheckpointError, FramesError
+from reward_models.pairs import PairSampler, TrainEpisode
+from reward_models.progress import (
+    backward, bin_centers, forward, hop, hop_to_bin, incremental, step_progress,
+)
+from reward_models.step_prm import StepPRM, StepPRMConfig
+from reward_models.train import spearman, two_hot
+
+BIN = Path(sys.executable).parent
+CAMS = ("corner", "gripperPOV")
+
+
+def test_step_progress_each_step_worth_one_over_n():
+    phi = step_progress([4, 6], 9)  # step 1: frames 0..4, step 2: frames 4..6, then done
+    np.testing.assert_allclose(phi, [0, 0.125, 0.25, 0.375, 0.5, 0.75, 1, 1, 1])
+    phi3 = step_progress([10, 20, 40], 41)
+    assert phi3[10] == pytest.approx(1 / 3) and phi3[20] == pytest.approx(2 / 3) and phi3[30] == pytest.approx(5 / 6)
+
+
+def test_hop_labels_progress_and_regress():
+    assert hop(0.5, 0.75) == pytest.approx(0.5)   # half of what was left
+    assert hop(0.5, 0.25) == pytest.approx(-0.5)  # half of what was done
+    assert hop(0.0, 1.0) == 1.0 and hop(1.0, 0.0) == -1.0
+    assert hop(0.25, 0.25) == 0.0 and hop(1.0, 1.0) == 0.0 and hop(0.0, 0.0) == 0.0
+    centers = bin_centers(25)
+    assert len(centers) == 25 and centers[12] == pytest.approx(0.0)
+    np.testing.assert_array_equal(hop_to_bin([-1.0, 0.0, 1.0], 25), [0, 12, 24])
+
+
+def test_reconstructions_match_hand_computed_sequences():
+    phi = np.array([0.0, 0.2, 0.5, 0.4, 1.0])
+    inc = incremental(hop(phi[:-1], phi[1:]))
+    np.testing.assert_allclose(inc, phi, atol=1e-12)
+    np.testing.assert_allclose(incremental([0.5, 0.5, -0.5]), [0, 0.5, 0.75, 0.375])
+    np.testing.assert_allclose(forward(hop(0.0, phi)), phi)
+    np.testing.assert_allclose(backward(hop(1.0, phi)), phi)
+    np.testing.assert_allclose(backward([-0.25, 0.0]), [0.75, 1.0])
+
+
+def test_two_hot_targets_have_the_hop_as_expectation():
+    import torch
+
+    hops = torch.tensor([-1.0, -0.33, 0.0, 0.1234, 1.0])
+    target = two_hot(hops, 25)
+    centers = torch.tensor(bin_centers(25), dtype=torch.float32)
+    np.testing.assert_allclose((target * centers).sum(-1).numpy(), hops.numpy().clip(-0.96, 0.96), atol=1e-5)
+    np.testing.assert_allclose(target.sum(-1).numpy(), 1.0, atol=1e-6)
+
+
+def test_pair_sampler_balances_hop_bins():
+    eps = [TrainEpisode(np.zeros((201, 1, 8, 8, 3), np.uint8), step_progress([60, 200], 201), 200, "t", "x")
+           for _ in range(3)]
+    sampler = PairSampler(eps, num_bins=9, frames_per_episode=12, pairs_per_episode=64, seed=0)
+    batch = sampler.sample(40)
+    counts = np.bincount(hop_to_bin(batch.hop, 9), minlength=9)
+    # Every bin is represented and none dominates (unweighted pairs crowd the small-hop bins).
+    assert counts.min() > 0.3 * counts.mean() and counts.max() < 3 * counts.mean()
+    assert np.mean(batch.hop == 0.0) >= 0.04  # the share of exact zero hops
+    assert (batch.hop < 0).mean() > 0.2  # regressions are seen too
+    assert set(np.unique(batch.goal)) - {-1} and (batch.goal == -1).any()  # goal sometimes dropped
+
+
+@pytest.fixture(scope="module")
+def tiny_store(tmp_path_factory):
+    out = tmp_path_factory.mktemp("store")
+    run = subprocess.run([str(BIN / "stepwise-collect"), "task=metaworld/reach", "episodes=6", "image_size=32",
+                          f"cameras=[{','.join(CAMS)}]", f"out={out}"], capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-2000:]
+    return out / "reach.hdf5"
+
+
+def _voc(model, ep, **kw):
+    frames = {c: ep.images[c][: ep.keyframes[-1] + 1] for c in CAMS}
+    return spearman(np.arange(len(frames[CAMS[0]])), model.progress(frames, ep.instruction, **kw))
+
+
+def test_small_training_run_learns_progress(tiny_store, tmp_path):
+    """A fixed-seed run of 150 steps on 5 reach demos orders an unseen demo's frames in time."""
+    out = tmp_path / "model"
+    run = subprocess.run(
+        [str(BIN / "stepwise-train-rm"), f"data={tiny_store}", f"out={out}", "steps=150", "batch_episodes=4",
+         "frames_per_episode=8", "pairs_per_episode=32", "val_every_nth=6", "eval_every=150",
+         "reward.image_size=32", "reward.encoder_size=32", f"reward.cameras=[{','.join(CAMS)}]", "reward.dim=64",
+         "reward.width=16"],
+        capture_output=True, text=True, timeout=900)
+    assert run.returncode == 0, run.stderr[-3000:]
+    model = reward_models.load(out)
+    held_out = EpisodeStore(tiny_store)[0]  # val_every_nth=6: episode 0 was held out
+    untrained = StepPRM(StepPRMConfig(**{**model.config(), "text_cache": model.cfg.text_cache}))
+    assert _voc(model, held_out, perspective="forward") > 0.8
+    assert _voc(model, held_out, perspective="fused") > 0.8
+    assert np.nan_to_num(_voc(untrained, held_out, perspective="forward")) < 0.6  # nan: flat output
+    # Resuming a finished run is a no-op that still yields the same model.
+    before = model.progress({c: held_out.images[c] for c in CAMS}, held_out.instruction)
+    run = subprocess.run(
+        [str(BIN / "stepwise-train-rm"), f"data={tiny_store}", f"out={out}", "steps=150", "batch_episodes=4",
+         "frames_per_episode=8", "pairs_per_episode=32", "val_every_nth=6", "eval_every=150",
+         "reward.image_size=32", "reward.encoder_size=32", f"reward.cameras=[{','.join(CAMS)}]", "reward.dim=64",
+         "reward.width=16"], capture_output=True, text=True, timeout=900)
+    assert run.returncode == 0
+    after = reward_models.load(out).progress({c: held_out.images[c] for c in CAMS}, held_out.instruction)
+    np.testing.assert_allclose(before, after, atol=1e-6)
+
+
+def _small_model():
+    model = StepPRM(StepPRMConfig(cameras=CAMS, image_size=(32, 32), encoder_size=32, width=16, dim=64))
+    model.cfg.text_cache["reach the goal position"] = list(np.linspace(-0.1, 0.1, 384))
+    return model
+
+
+def test_save_load_gives_identical_outputs(tiny_store, tmp_path):
+    model = _small_model()
+    ep = EpisodeStore(tiny_store)[1]
+    ref = EpisodeStore(tiny_store)[2]
+    frames = {c: ep.images[c] for c in CAMS}
+    before = {p: model.progress(frames, ep.instruction, reference=ref, perspective=p)
+              for p in ("fused", "incremental", "forward", "backward")}
+    model.save(tmp_path / "ckpt")
+    loaded = reward_models.load(tmp_path / "ckpt")
+    for p, values in before.items():
+        np.testing.assert_array_equal(values, loaded.progress(frames, ep.instruction, reference=ref, perspective=p))
+        assert values.shape == (ep.num_steps + 1,) and values.min() >= 0 and values.max() <= 1
+    prog, succ = loaded.score(frames, ep.instruction)
+    np.testing.assert_array_equal(succ, loaded.success_prob(frames, ep.instruction))
+    single = loaded.progress({"corner": frames["corner"]}, ep.instruction, cameras=["corner"])
+    assert single.shape == prog.shape
+
+
+def test_bad_frames_are_clear_errors(tiny_store):
+    model = _small_model()
+    ep = EpisodeStore(tiny_store)[1]
+    frames = {c: ep.images[c] for c in CAMS}
+    instr = ep.instruction
+    with pytest.raises(FramesError, match="gripperPOV"):
+        model.progress({"corner": frames["corner"]}, instr)
+    with pytest.raises(FramesError, match="topview"):
+        model.progress({**frames, "topview": frames["corner"]}, instr)
+    with pytest.raises(FramesError, match="uint8"):
+        model.progress({c: f.astype(np.float32) / 255 for c, f in frames.items()}, instr)
+    with pytest.raises(FramesError, match="96"):
+        model.progress({c: np.zeros((3, 96, 96, 3), np.uint8) for c in CAMS}, instr)
+    with pytest.raises(FramesError, match="empty"):
+        model.progress({c: f[:0] for c, f in frames.items()}, instr)
+    with pytest.raises(FramesError, match="time axis"):
+        model.progress({c: f[0] for c, f in frames.items()}, instr)
+    with pytest.raises(ValueError, match="reference"):
+        model.progress(frames, instr, perspective="backward")
+
+
+def test_bad_checkpoints_are_clear_errors(tmp_path):
+    model = _small_model()
+    path = model.save(tmp_path / "ok")
+    meta = json.loads((path / "config.json").read_text())
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "config.json").write_text(json.dumps({**meta, "kind": "vlm_success"}))
+    with pytest.raises(CheckpointError, match="vlm_success"):
+        reward_models.load(other)
+    (other / "config.json").write_text(json.dumps({**meta, "version": 99}))
+    with pytest.raises(CheckpointError, match="version 99"):
+        reward_models.load(other)
+    (other / "config.json").write_text("{not json")
+    with pytest.raises(CheckpointError, match="damaged"):
+        reward_models.load(other)
+    with pytest.raises(CheckpointError, match="no reward-model checkpoint"):
+        reward_models.load(tmp_path / "missing")
+    (path / "weights.pt").write_bytes(b"truncated")
+    with pytest.raises(CheckpointError, match="weights"):
+        reward_models.load(path)
