@@ -321,7 +321,8 @@ def evaluate(
         baselines: reference rows among ``random`` and ``sim_dense_gt``.
         threshold_metric: what the success threshold maximises on the validation half.
         seed: seed of the ``random`` row.
-        max_episodes_per_task: score at most this many episodes per task (None: all).
+        max_episodes_per_task: score at most this many episodes per task, half successes and
+            half failures (None: all).
         plot_episodes: successes and failures per task whose fused progress curves are kept
             (``results["curves"]``) for plotting.
 
@@ -390,8 +391,13 @@ def evaluate(
                     info["stores"].append(str(path))
                 ref_path, ref_index, ref_episode = references.get(task, (None, None, None))
                 is_ref = (ref_path, ref_index) == (path, i)
-                if not is_ref and max_episodes_per_task is not None and info["scored"] >= max_episodes_per_task:
-                    continue
+                if not is_ref and max_episodes_per_task is not None:
+                    # half the budget each for successes and failures, so AUROC stays defined
+                    cap_fail = max_episodes_per_task // 2
+                    if attrs["success"] and info["successes"] >= max_episodes_per_task - cap_fail:
+                        continue
+                    if not attrs["success"] and info["failures"] >= cap_fail:
+                        continue
                 episode = ref_episode if is_ref else store[i]
                 label = f"{path.name}:{attrs['name']}"
                 if "dense_reward" in episode.infos:

@@ -1,7 +1,7 @@
 """Reward-model benchmark on the 10 held-out tasks: the general step-PRM zero-shot and after
 one-shot adaptation on each task, with reference rows, in one table.
 
-Run: ``.venv/bin/python benchmarks/reward_models.py`` (collects what is missing first; about
+Run: ``.venv/bin/python benchmarks/reward_model_report.py`` (collects what is missing first; about
 30-40 minutes on 2 CPU cores). Writes ``benchmarks/results/reward_models.md`` (+ ``.json``).
 """
 
@@ -92,7 +92,7 @@ def main() -> None:
     lines = [
         "# Reward models on the 10 held-out tasks",
         "",
-        f"Measured {datetime.date.today()} by `benchmarks/reward_models.py --episodes-per-task {args.episodes_per_task} "
+        f"Measured {datetime.date.today()} by `benchmarks/reward_model_report.py --episodes-per-task {args.episodes_per_task} "
         f"--adapt-steps {args.adapt_steps}` on {os.cpu_count()} CPU cores. General model: `{args.general}` "
         "(trained on the 40 training tasks only). Scored: up to "
         f"{args.episodes_per_task} eval-split episodes per task (expert successes and labelled failures: noise, "
@@ -110,7 +110,7 @@ def main() -> None:
     for r in order:
         if r not in rows:
             continue
-        sps = rows[r].get("states_per_s")
+        sps = rows[r].get("states_per_s") if r not in ("random", "sim_dense_gt") else None  # no model to time
         lines.append(f"| {names.get(r, 'zero-shot, ' + r)} | " + " | ".join(cell(rows[r]["mean"], k) for k, _ in keys)
                      + f" | {sps:.0f} |" if sps else " | - |")
     lines.insert(len(lines) - len(order) + 1, "| step-PRM one-shot adapted, 3 cameras fused | "

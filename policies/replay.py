@@ -1,0 +1,202 @@
+"""Replay for state-based SAC: a numpy ring buffer, RLPD's symmetric offline/online mixing, and
+demonstrations loaded from an episode store.
+
+Every sampler returns the batch contract of `policies.sac` (float32 torch tensors):
+obs (n, S), action (n, A), reward (n,), next_obs (n, S), terminated (n,) 1.0 only at true
+terminals (a time-limit truncation is not terminal and is stored as terminated = 0).
+`MixedReplay` adds demo (n,): 1.0 on rows drawn from the offline buffer.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+__all__ = ["ReplayBuffer", "MixedReplay", "load_offline"]
+
+_FIELDS = ("obs", "action", "reward", "next_obs", "terminated")
+
+
+class ReplayBuffer:
+    """Fixed-capacity FIFO of transitions in preallocated float32 numpy arrays.
+
+    Args:
+        obs_dim: S, length of a flat observation.
+        act_dim: A, length of an action.
+        capacity: most transitions kept; when full the oldest are overwritten.
+    """
+
+    def __init__(self, obs_dim: int, act_dim: int, capacity: int) -> None:
+        if obs_dim < 1 or act_dim < 1 or capacity < 1:
+            raise ValueError(f"obs_dim, act_dim and capacity must be >= 1, got {obs_dim}, {act_dim}, {capacity}")
+        self.obs_dim, self.act_dim, self.capacity = int(obs_dim), int(act_dim), int(capacity)
+        self.obs = np.zeros((capacity, obs_dim), np.float32)
+        self.action = np.zeros((capacity, act_dim), np.float32)
+        self.reward = np.zeros((capacity,), np.float32)
+        self.next_obs = np.zeros((capacity, obs_dim), np.float32)
+        self.terminated = np.zeros((capacity,), np.float32)
+        self.pos = 0  # next row to write
+        self.size = 0
+
+    def __len__(self) -> int:
+        return self.size
+
+    def add(self, obs: np.ndarray, action: np.ndarray, reward: float, next_obs: np.ndarray, terminated: bool) -> None:
+        """Add one transition. ``terminated``: true terminal only (pass False on time-limit truncation)."""
+        self.add_batch(
+            np.asarray(obs)[None], np.asarray(action)[None], np.asarray([reward]), np.asarray(next_obs)[None],
+            np.asarray([terminated]),
+        )
+
+    def add_batch(self, obs: np.ndarray, action: np.ndarray, reward: np.ndarray, next_obs: np.ndarray,
+                  terminated: np.ndarray) -> None:
+        """Add N transitions: obs/next_obs (N, S), action (N, A), reward (N,), terminated (N,) bool or 0/1."""
+        rows = {"obs": obs, "action": action, "reward": reward, "next_obs": next_obs, "terminated": terminated}
+        rows = {k: np.asarray(v, dtype=np.float32) for k, v in rows.items()}
+        n = rows["obs"].shape[0]
+        for k, v in rows.items():
+            want = (n, *getattr(self, k).shape[1:])
+            if v.shape != want:
+                raise ValueError(f"add_batch: {k} has shape {v.shape}, expected {want}")
+        if n > self.capacity:  # only the newest `capacity` rows would survive anyway
+            rows = {k: v[-self.capacity:] for k, v in rows.items()}
+            n = self.capacity
+        idx = (self.pos + np.arange(n)) % self.capacity
+        for k, v in rows.items():
+            getattr(self, k)[idx] = v
+        self.pos = int((self.pos + n) % self.capacity)
+        self.size = min(self.size + n, self.capacity)
+
+    def sample(self, n: int, rng: np.random.Generator, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
+        """n transitions drawn uniformly with replacement, as float32 torch tensors on ``device``."""
+        if self.size == 0:
+            raise ValueError("cannot sample from an empty ReplayBuffer: add transitions first")
+        idx = rng.integers(0, self.size, size=n)
+        return {k: torch.as_tensor(getattr(self, k)[idx], device=device) for k in _FIELDS}
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write the filled rows (oldest first) and the capacity to a compressed .npz."""
+        order = (np.arange(self.size) + (self.pos - self.size)) % self.capacity
+        np.savez_compressed(path, capacity=self.capacity, **{k: getattr(self, k)[order] for k in _FIELDS})
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "ReplayBuffer":
+        """Read a buffer written by `save` (same capacity, rows in the same order)."""
+        with np.load(path) as z:
+            missing = [k for k in (*_FIELDS, "capacity") if k not in z]
+            if missing:
+                raise ValueError(f"{str(path)!r} lacks {missing}: not written by ReplayBuffer.save")
+            buf = cls(z["obs"].shape[1], z["action"].shape[1], int(z["capacity"]))
+            buf.add_batch(*(z[k] for k in _FIELDS))
+        return buf
+
+
+class MixedReplay:
+    """RLPD's symmetric sampling: each batch takes ``offline_fraction`` of its rows from ``offline``
+    (demonstrations) and the rest from ``online``; all rows come from ``offline`` while ``online`` is empty.
+
+    Batches carry ``demo`` (n,) = 1.0 on the offline rows (the behaviour-cloning mask of `SAC.update`).
+    """
+
+    def __init__(self, offline: ReplayBuffer, online: ReplayBuffer, offline_fraction: float = 0.5) -> None:
+        if not 0.0 <= offline_fraction <= 1.0:
+            raise ValueError(f"offline_fraction must be in [0, 1], got {offline_fraction}")
+        if (offline.obs_dim, offline.act_dim) != (online.obs_dim, online.act_dim):
+            raise ValueError(
+                f"offline buffer is (obs {offline.obs_dim}, act {offline.act_dim}) but online is "
+                f"(obs {online.obs_dim}, act {online.act_dim}): build both with the same dims"
+            )
+        self.offline, self.online, self.offline_fraction = offline, online, float(offline_fraction)
+
+    def __len__(self) -> int:
+        return len(self.offline) + len(self.online)
+
+    def sample(self, n: int, rng: np.random.Generator, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
+        """n rows: round(n * offline_fraction) offline then the rest online (all offline if online is empty)."""
+        n_off = n if len(self.online) == 0 else int(round(n * self.offline_fraction))
+        if n_off > 0 and len(self.offline) == 0:
+            raise ValueError("offline buffer is empty: load demonstrations, or use offline_fraction=0")
+        parts = []
+        if n_off > 0:
+            parts.append(self.offline.sample(n_off, rng, device))
+        if n - n_off > 0:
+            parts.append(self.online.sample(n - n_off, rng, device))
+        batch = {k: torch.cat([p[k] for p in parts]) for k in _FIELDS}
+        batch["demo"] = (torch.arange(n, device=device) < n_off).float()
+        return batch
+
+
+def _store_files(path: Path) -> list[Path]:
+    """The .hdf5 files at ``path``: the file itself, or every *.hdf5 in a directory (sorted)."""
+    if path.is_dir():
+        files = sorted(path.glob("*.hdf5"))
+        if not files:
+            raise FileNotFoundError(f"no *.hdf5 episode store in directory {str(path)!r}; pass the store file")
+        return files
+    if not path.exists():
+        raise FileNotFoundError(f"episode store {str(path)!r} does not exist; collect demos with stepwise-collect")
+    return [path]
+
+
+def load_offline(
+    store_path: str | os.PathLike,
+    obs_key: str = "state",
+    reward_fn: Callable[..., np.ndarray] | None = None,
+    capacity: int | None = None,
+) -> ReplayBuffer:
+    """Transitions (obs[t], actions[t], reward[t], obs[t+1], terminated[t]) of every episode in a store.
+
+    Args:
+        store_path: an episode store (.hdf5), or a directory whose *.hdf5 stores are all read
+            (``stepwise-collect out=DIR`` writes one per task there).
+        obs_key: the episode's flat observation array, ``state`` (privileged sim state) or ``proprio``.
+        reward_fn: ``episode -> float (T,)`` rewards for its T actions (e.g. success scaled, or a
+            shaped reward); default: the store's ``rewards``.
+        capacity: buffer capacity; default exactly the number of transitions loaded.
+
+    Termination: collectors keep stepping after success, so an episode is cut at its FIRST step
+    with ``infos["success"][t] > 0.5``; that transition is terminated = 1 and the later ones are
+    dropped. Actions are clipped to [-1, 1]. Episodes without a success step (or without ``infos["success"]``) keep all their
+    transitions, none terminal: their end was a time limit, which bootstraps. ``dones`` is not
+    read, because it does not separate success from the time limit.
+    """
+    from episodes.store import EpisodeStore  # imported here: only this loader needs h5py
+
+    columns: dict[str, list[np.ndarray]] = {k: [] for k in _FIELDS}
+    for file in _store_files(Path(store_path)):
+        store = EpisodeStore(file, cameras=[])  # no images: state-based
+        try:
+            for i in range(len(store)):
+                ep = store[i]
+                obs = getattr(ep, obs_key, None)
+                if obs_key not in ("state", "proprio") or obs is None:
+                    raise ValueError(
+                        f"episode {i} of {str(file)!r} has no {obs_key!r} observations; use obs_key='state' "
+                        "(simulation stores) or 'proprio'"
+                    )
+                T = ep.num_steps
+                reward = np.asarray(ep.rewards if reward_fn is None else reward_fn(ep), np.float32)
+                if reward.shape != (T,):
+                    raise ValueError(f"reward_fn returned shape {reward.shape} for episode {i}; expected ({T},)")
+                success = np.asarray(ep.infos.get("success", np.zeros(T)), np.float32) > 0.5
+                end = int(np.argmax(success)) + 1 if success.any() else T  # transitions kept: [0, end)
+                terminated = np.zeros(end, np.float32)
+                terminated[-1] = float(success.any())
+                columns["obs"].append(obs[:end])
+                columns["action"].append(np.clip(ep.actions[:end], -1.0, 1.0))  # the actor's range
+                columns["reward"].append(reward[:end])
+                columns["next_obs"].append(obs[1 : end + 1])
+                columns["terminated"].append(terminated)
+        finally:
+            store.close()
+    if not columns["obs"]:
+        raise ValueError(f"episode store {str(store_path)!r} holds no episodes; collect some first")
+    data = {k: np.concatenate(v) for k, v in columns.items()}
+    n = len(data["obs"])
+    buf = ReplayBuffer(data["obs"].shape[1], data["action"].shape[1], capacity or n)
+    buf.add_batch(*(data[k] for k in _FIELDS))
+    return buf

@@ -1,0 +1,362 @@
+"""State-based SAC with a batched, LayerNorm critic ensemble (RLPD-style), in one file.
+
+Read top to bottom: `SACConfig` (every hyperparameter), the networks (`TanhGaussianActor`,
+`CriticEnsemble`), then `SAC.update`, the whole learning step on one screen.
+
+Batch contract (what `update` reads; `policies.replay` produces it), all float32 torch tensors:
+    obs (N, S), action (N, A) in [-1, 1], reward (N,), next_obs (N, S),
+    terminated (N,) 1.0 only at TRUE terminals (task solved / failed for good). A time-limit
+    truncation is NOT terminal: its transition bootstraps like any other. There is deliberately
+    no generic ``done`` key.
+    demo (N,) optional, 1.0 on demonstration rows; the behaviour-cloning term uses only those.
+N = utd_ratio * batch_size: the critic takes utd_ratio steps on consecutive slices of
+batch_size rows, then the actor and temperature take one step on the last slice (as RLPD).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = ["SACConfig", "SAC", "TanhGaussianActor", "CriticEnsemble", "EnsembleLinear", "BATCH_KEYS"]
+
+BATCH_KEYS = ("obs", "action", "reward", "next_obs", "terminated")
+LOG_STD_MIN, LOG_STD_MAX = -5.0, 2.0  # CleanRL's bounds: wide enough to explore, never degenerate
+
+
+@dataclass
+class SACConfig:
+    """Every hyperparameter of the agent. Defaults follow RLPD/CleanRL where they agree."""
+
+    hidden_sizes: tuple[int, ...] = (256, 256)
+    """widths of the hidden layers, shared by actor and every critic"""
+    num_critics: int = 2
+    """critic ensemble size E (RLPD uses 10; on 2 CPU cores 2 is the affordable choice)"""
+    critic_subsample: int | None = None
+    """target = min over a random subset of this many critics (RLPD: 2 of 10); None = min over all E"""
+    utd_ratio: int = 1
+    """critic updates per `update` call (update-to-data ratio); the actor updates once per call"""
+    batch_size: int = 256
+    """rows per gradient step; `update` expects utd_ratio * batch_size rows"""
+    lr: float = 3e-4
+    """Adam learning rate of actor, critics and temperature"""
+    gamma: float = 0.99
+    """discount; reward shaping must use the same value"""
+    tau: float = 0.005
+    """Polyak rate of the target critics: target <- (1 - tau) target + tau online"""
+    init_temperature: float = 1.0
+    """initial entropy temperature alpha (RLPD 1.0; SERL 0.01)"""
+    target_entropy: float | None = None
+    """entropy the temperature steers towards; None = -|A| (RLPD uses -|A|/2)"""
+    bc_weight: float = 0.0
+    """TD3+BC's alpha: actor loss = (bc_weight / mean|Q|) * SAC loss + MSE to demo actions; 0 = no BC term"""
+    layer_norm: bool = True
+    """LayerNorm after every hidden layer of each critic (RLPD: keeps Q bounded off the data)"""
+    device: str = "auto"
+    """'auto' (cuda when available, else cpu), 'cpu', 'cuda', 'cuda:1', ..."""
+
+    def __post_init__(self) -> None:
+        self.hidden_sizes = tuple(int(h) for h in self.hidden_sizes)
+        if not self.hidden_sizes or min(self.hidden_sizes) < 1:
+            raise ValueError(f"hidden_sizes must be non-empty positive widths, got {self.hidden_sizes}")
+        if self.num_critics < 1:
+            raise ValueError(f"num_critics must be >= 1, got {self.num_critics}")
+        if self.critic_subsample is not None and not 1 <= self.critic_subsample <= self.num_critics:
+            raise ValueError(
+                f"critic_subsample must be in [1, num_critics={self.num_critics}] or None (min over all), "
+                f"got {self.critic_subsample}"
+            )
+        if self.utd_ratio < 1 or self.batch_size < 1:
+            raise ValueError(f"utd_ratio and batch_size must be >= 1, got {self.utd_ratio}, {self.batch_size}")
+        if not 0.0 <= self.gamma < 1.0 or not 0.0 < self.tau <= 1.0:
+            raise ValueError(f"need 0 <= gamma < 1 and 0 < tau <= 1, got gamma={self.gamma}, tau={self.tau}")
+        if self.init_temperature <= 0 or self.bc_weight < 0:
+            raise ValueError(
+                f"init_temperature must be > 0 and bc_weight >= 0, got {self.init_temperature}, {self.bc_weight}"
+            )
+
+
+def resolve_device(device: str) -> torch.device:
+    """'auto' -> cuda if available else cpu; anything else is passed to torch.device."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+# --------------------------------------------------------------------------- networks
+
+
+def mlp(in_dim: int, hidden: tuple[int, ...], out_dim: int) -> nn.Sequential:
+    """Plain ReLU MLP (the actor's trunk and head)."""
+    layers: list[nn.Module] = []
+    for h in hidden:
+        layers += [nn.Linear(in_dim, h), nn.ReLU()]
+        in_dim = h
+    layers.append(nn.Linear(in_dim, out_dim))
+    return nn.Sequential(*layers)
+
+
+class TanhGaussianActor(nn.Module):
+    """pi(a|s) = tanh(N(mu(s), sigma(s))); actions in (-1, 1)^A."""
+
+    def __init__(self, obs_dim: int, act_dim: int, hidden: tuple[int, ...]) -> None:
+        super().__init__()
+        self.net = mlp(obs_dim, hidden, 2 * act_dim)
+
+    def forward(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Returns (mean, log_std), each (B, A), log_std squashed into [LOG_STD_MIN, LOG_STD_MAX]."""
+        mean, log_std = self.net(obs).chunk(2, dim=-1)
+        log_std = LOG_STD_MIN + 0.5 * (LOG_STD_MAX - LOG_STD_MIN) * (torch.tanh(log_std) + 1.0)
+        return mean, log_std
+
+    def sample(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Reparameterised sample: (action (B, A), log_prob (B,), deterministic action tanh(mean) (B, A))."""
+        mean, log_std = self(obs)
+        u = mean + log_std.exp() * torch.randn_like(mean)
+        # log N(u) - sum log(1 - tanh(u)^2), the latter in the overflow-free form 2(log2 - u - softplus(-2u))
+        log_prob = (-0.5 * ((u - mean) / log_std.exp()) ** 2 - log_std - 0.5 * math.log(2 * math.pi)).sum(-1)
+        log_prob = log_prob - (2.0 * (math.log(2.0) - u - F.softplus(-2.0 * u))).sum(-1)
+        return torch.tanh(u), log_prob, torch.tanh(mean)
+
+
+class EnsembleLinear(nn.Module):
+    """E independent linear layers in one batched matmul: (E, B, in) -> (E, B, out)."""
+
+    def __init__(self, ensemble: int, in_dim: int, out_dim: int) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(ensemble, in_dim, out_dim))  # note: (in, out), not nn.Linear's (out, in)
+        self.bias = nn.Parameter(torch.empty(ensemble, 1, out_dim))
+        bound = 1.0 / math.sqrt(in_dim)  # nn.Linear's default init, per member
+        nn.init.uniform_(self.weight, -bound, bound)
+        nn.init.uniform_(self.bias, -bound, bound)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.baddbmm(self.bias, x, self.weight)
+
+
+class EnsembleLayerNorm(nn.Module):
+    """LayerNorm over features with a separate affine (gain, bias) per ensemble member."""
+
+    def __init__(self, ensemble: int, dim: int) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(ensemble, 1, dim))
+        self.bias = nn.Parameter(torch.zeros(ensemble, 1, dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.layer_norm(x, x.shape[-1:]) * self.weight + self.bias
+
+
+class CriticEnsemble(nn.Module):
+    """E Q-functions Q_e(s, a), each Linear -> [LayerNorm] -> ReLU per hidden layer, computed as one batch.
+
+    Member e equals an nn.Sequential of nn.Linear(weight = self.layers[k].weight[e].T), nn.LayerNorm, ReLU.
+    """
+
+    def __init__(self, obs_dim: int, act_dim: int, hidden: tuple[int, ...], ensemble: int, layer_norm: bool) -> None:
+        super().__init__()
+        self.ensemble = ensemble
+        dims = (obs_dim + act_dim, *hidden)
+        self.layers = nn.ModuleList(EnsembleLinear(ensemble, i, o) for i, o in zip(dims[:-1], dims[1:]))
+        self.norms = nn.ModuleList(
+            EnsembleLayerNorm(ensemble, h) if layer_norm else nn.Identity() for h in hidden
+        )
+        self.head = EnsembleLinear(ensemble, dims[-1], 1)
+
+    def forward(self, obs: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
+        """obs (B, S), action (B, A) -> Q (E, B)."""
+        x = torch.cat([obs, action], dim=-1).unsqueeze(0).expand(self.ensemble, -1, -1)
+        for layer, norm in zip(self.layers, self.norms):
+            x = F.relu(norm(layer(x)))
+        return self.head(x).squeeze(-1)
+
+
+# --------------------------------------------------------------------------- agent
+
+
+class SAC:
+    """Soft actor-critic over flat observations (obs_dim,) and actions in [-1, 1]^act_dim.
+
+    `update(batch)` does one learning step (see the module docstring for the batch);
+    `act(obs)` picks actions; `state_dict()` / `load_state_dict()` save and resume everything
+    (networks, target critics, temperature, optimisers, update count).
+    """
+
+    def __init__(self, obs_dim: int, act_dim: int, config: SACConfig | None = None) -> None:
+        if obs_dim < 1 or act_dim < 1:
+            raise ValueError(f"obs_dim and act_dim must be >= 1, got {obs_dim}, {act_dim}")
+        self.cfg = cfg = config if config is not None else SACConfig()
+        self.obs_dim, self.act_dim = int(obs_dim), int(act_dim)
+        self.device = resolve_device(cfg.device)
+        self.actor = TanhGaussianActor(obs_dim, act_dim, cfg.hidden_sizes).to(self.device)
+        self.critic = CriticEnsemble(obs_dim, act_dim, cfg.hidden_sizes, cfg.num_critics, cfg.layer_norm).to(self.device)
+        self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
+        self.log_alpha = torch.tensor(math.log(cfg.init_temperature), device=self.device, requires_grad=True)
+        self.target_entropy = float(-act_dim if cfg.target_entropy is None else cfg.target_entropy)
+        self.actor_opt = torch.optim.Adam(self.actor.parameters(), lr=cfg.lr)
+        self.critic_opt = torch.optim.Adam(self.critic.parameters(), lr=cfg.lr)
+        self.alpha_opt = torch.optim.Adam([self.log_alpha], lr=cfg.lr)
+        self.num_updates = 0
+
+    @property
+    def alpha(self) -> float:
+        """Current entropy temperature."""
+        return float(self.log_alpha.detach().exp())
+
+    # -- the learning step ----------------------------------------------------------------
+
+    def critic_target_values(self, reward: torch.Tensor, next_obs: torch.Tensor, terminated: torch.Tensor) -> torch.Tensor:
+        """y = r + gamma * (1 - terminated) * (min_{subset} Q'(s', a') - alpha log pi(a'|s')), a' ~ pi(s'); (B,)."""
+        with torch.no_grad():
+            next_action, next_logp, _ = self.actor.sample(next_obs)
+            q_next = self.critic_target(next_obs, next_action)  # (E, B)
+            if self.cfg.critic_subsample is not None:  # RLPD: min over a random subset of the ensemble
+                idx = torch.randperm(self.cfg.num_critics, device=self.device)[: self.cfg.critic_subsample]
+                q_next = q_next[idx]
+            v_next = q_next.min(dim=0).values - self.log_alpha.exp() * next_logp
+            return reward + self.cfg.gamma * (1.0 - terminated) * v_next
+
+    def update(self, batch: Mapping[str, torch.Tensor]) -> dict[str, float]:
+        """One learning step: utd_ratio critic steps, then one actor and one temperature step.
+
+        Returns floats: critic_loss, actor_loss, alpha_loss, alpha, q_mean, bc_loss, entropy.
+        """
+        cfg = self.cfg
+        b = self._check_batch(batch)
+        n = b["obs"].shape[0] // cfg.utd_ratio
+        for k in range(cfg.utd_ratio):  # critic: regress every member onto the shared target
+            mb = {key: v[k * n : (k + 1) * n] for key, v in b.items()}
+            y = self.critic_target_values(mb["reward"], mb["next_obs"], mb["terminated"])
+            q = self.critic(mb["obs"], mb["action"])  # (E, B)
+            critic_loss = F.mse_loss(q, y.unsqueeze(0).expand_as(q)) * cfg.num_critics  # sum over members
+            self.critic_opt.zero_grad(set_to_none=True)
+            critic_loss.backward()
+            self.critic_opt.step()
+            with torch.no_grad():  # Polyak averaging of the target critics
+                for p_t, p in zip(self.critic_target.parameters(), self.critic.parameters()):
+                    p_t.lerp_(p, cfg.tau)
+
+        # actor on the last slice: maximise mean_e Q_e(s, pi(s)) - alpha log pi, plus BC on demo rows
+        action, logp, _ = self.actor.sample(mb["obs"])
+        self.critic.requires_grad_(False)  # gradients flow through Q to the action only
+        q_pi = self.critic(mb["obs"], action).mean(dim=0)  # mean over members, as RLPD
+        self.critic.requires_grad_(True)
+        alpha = self.log_alpha.exp().detach()
+        actor_loss = (alpha * logp - q_pi).mean()
+        demo = mb.get("demo")
+        bc_loss = torch.zeros((), device=self.device)
+        if demo is not None and demo.sum() > 0:
+            per_row = ((action - mb["action"]) ** 2).sum(-1)
+            bc_loss = (per_row * demo).sum() / demo.sum()
+        if cfg.bc_weight > 0:  # TD3+BC: scale the RL term by bc_weight / mean|Q| so BC's pull is scale-free
+            actor_loss = cfg.bc_weight / q_pi.abs().mean().detach().clamp_min(1e-6) * actor_loss + bc_loss
+        self.actor_opt.zero_grad(set_to_none=True)
+        actor_loss.backward()
+        self.actor_opt.step()
+
+        # temperature: raise alpha when entropy is below target, lower it when above
+        alpha_loss = -(self.log_alpha * (logp.detach() + self.target_entropy)).mean()
+        self.alpha_opt.zero_grad(set_to_none=True)
+        alpha_loss.backward()
+        self.alpha_opt.step()
+
+        self.num_updates += 1
+        return {
+            "critic_loss": critic_loss.item(),
+            "actor_loss": actor_loss.item(),
+            "alpha_loss": alpha_loss.item(),
+            "alpha": self.alpha,
+            "q_mean": q.mean().item(),
+            "bc_loss": bc_loss.item(),
+            "entropy": -logp.mean().item(),
+        }
+
+    def _check_batch(self, batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Move the batch to the device as float32 and check keys and shapes, with errors that say the fix."""
+        if "done" in batch and "terminated" not in batch:
+            raise KeyError(
+                "batch has 'done' but no 'terminated': pass terminated (1 only at true terminals); "
+                "time-limit truncations must bootstrap, so a generic done flag is not accepted"
+            )
+        missing = [k for k in BATCH_KEYS if k not in batch]
+        if missing:
+            raise KeyError(f"batch lacks {missing}; it needs {list(BATCH_KEYS)} (+ optional 'demo')")
+        b = {k: torch.as_tensor(batch[k], dtype=torch.float32, device=self.device) for k in (*BATCH_KEYS, "demo") if k in batch}
+        n = b["obs"].shape[0]
+        if n % self.cfg.utd_ratio:
+            raise ValueError(f"batch of {n} rows does not split into utd_ratio={self.cfg.utd_ratio} equal slices")
+        if b["obs"].shape != (n, self.obs_dim) or b["next_obs"].shape != (n, self.obs_dim):
+            raise ValueError(f"obs/next_obs must be ({n}, {self.obs_dim}), got {tuple(b['obs'].shape)}, {tuple(b['next_obs'].shape)}")
+        if b["action"].shape != (n, self.act_dim):
+            raise ValueError(f"action must be ({n}, {self.act_dim}), got {tuple(b['action'].shape)}")
+        for k in ("reward", "terminated", "demo"):
+            if k in b and b[k].shape != (n,):
+                raise ValueError(f"{k} must be ({n},), got {tuple(b[k].shape)}")
+        if self.cfg.bc_weight > 0 and "demo" not in b:
+            raise KeyError("bc_weight > 0 needs a 'demo' mask in the batch: sample through MixedReplay, or set bc_weight=0")
+        return b
+
+    # -- acting -----------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def act(self, obs: np.ndarray, deterministic: bool = False) -> np.ndarray:
+        """obs float (S,) or (N, S) -> action float32 (A,) or (N, A) in [-1, 1]; deterministic = tanh(mean)."""
+        if isinstance(obs, Mapping):
+            raise TypeError("act() takes the flat observation array, e.g. obs['state'], not the observation dict")
+        x = torch.as_tensor(np.asarray(obs, dtype=np.float32), device=self.device)
+        if x.shape[-1] != self.obs_dim or x.ndim not in (1, 2):
+            raise ValueError(f"obs must have shape ({self.obs_dim},) or (N, {self.obs_dim}), got {tuple(x.shape)}")
+        action, _, mean_action = self.actor.sample(x.reshape(-1, self.obs_dim))
+        out = (mean_action if deterministic else action).cpu().numpy().astype(np.float32)
+        return out.reshape(*x.shape[:-1], self.act_dim)
+
+    # -- save / resume ----------------------------------------------------------------------
+
+    def state_dict(self) -> dict:
+        """Everything needed to resume: config, dims, networks, target, temperature, optimisers, update count."""
+        return {
+            "config": asdict(self.cfg),
+            "obs_dim": self.obs_dim,
+            "act_dim": self.act_dim,
+            "actor": self.actor.state_dict(),
+            "critic": self.critic.state_dict(),
+            "critic_target": self.critic_target.state_dict(),
+            "log_alpha": self.log_alpha.detach().clone(),
+            "actor_opt": self.actor_opt.state_dict(),
+            "critic_opt": self.critic_opt.state_dict(),
+            "alpha_opt": self.alpha_opt.state_dict(),
+            "num_updates": self.num_updates,
+        }
+
+    def load_state_dict(self, state: Mapping) -> None:
+        """Restore from `state_dict()`; the dims and network shapes must match this agent's."""
+        if (state["obs_dim"], state["act_dim"]) != (self.obs_dim, self.act_dim):
+            raise ValueError(
+                f"checkpoint is for obs_dim={state['obs_dim']}, act_dim={state['act_dim']}, this agent has "
+                f"{self.obs_dim}, {self.act_dim}: build it with SAC.from_state_dict(state) instead"
+            )
+        self.actor.load_state_dict(state["actor"])
+        self.critic.load_state_dict(state["critic"])
+        self.critic_target.load_state_dict(state["critic_target"])
+        with torch.no_grad():
+            self.log_alpha.copy_(state["log_alpha"])
+        self.actor_opt.load_state_dict(state["actor_opt"])
+        self.critic_opt.load_state_dict(state["critic_opt"])
+        self.alpha_opt.load_state_dict(state["alpha_opt"])
+        self.num_updates = int(state["num_updates"])
+
+    @classmethod
+    def from_state_dict(cls, state: Mapping, device: str | None = None) -> "SAC":
+        """Build an agent with the checkpoint's config (optionally on another device) and load it."""
+        cfg = dict(state["config"])
+        if device is not None:
+            cfg["device"] = device
+        agent = cls(state["obs_dim"], state["act_dim"], SACConfig(**cfg))
+        agent.load_state_dict(state)
+        return agent
