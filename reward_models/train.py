@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from reward_models.base import load
+from reward_models.evaluate import spearman
 from reward_models.pairs import PairSampler, load_episodes
 from reward_models.progress import bin_centers
 from reward_models.step_prm import StepPRM, StepPRMConfig
@@ -55,21 +56,6 @@ def random_shift(images: torch.Tensor, pad: int, generator: torch.Generator) -> 
     cols = (dx[:, None] + torch.arange(w)[None]).view(n, 1, 1, w).expand(n, 3, h, w)
     x = x.gather(3, cols)
     return x.permute(0, 2, 3, 1).to(torch.uint8)
-
-
-def spearman(x: np.ndarray, y: np.ndarray) -> float:
-    """Spearman rank correlation (ties get average ranks); nan for constant input."""
-    def ranks(a):
-        order = np.argsort(a, kind="mergesort")
-        r = np.empty(len(a))
-        r[order] = np.arange(len(a))
-        _, inv, counts = np.unique(a, return_inverse=True, return_counts=True)
-        sums = np.bincount(inv, weights=r)
-        return (sums / counts)[inv]
-    rx, ry = ranks(np.asarray(x, float)), ranks(np.asarray(y, float))
-    if rx.std() == 0 or ry.std() == 0:
-        return float("nan")
-    return float(np.corrcoef(rx, ry)[0, 1])
 
 
 def train(cfg) -> StepPRM:
