@@ -10,4 +10,15 @@ from reward_models.base import (
     load,
 )
 
-__all__ = ["CheckpointError", "FramesError", "RewardModel", "check_frames", "load"]
+from reward_models.shaping import ShapedRewards, episode_potentials, shape_rewards
+
+__all__ = [
+    "CheckpointError",
+    "FramesError",
+    "RewardModel",
+    "ShapedRewards",
+    "check_frames",
+    "episode_potentials",
+    "load",
+    "shape_rewards",
+]
