@@ -157,7 +157,9 @@ def test_scripted_expert_succeeds_on_heldout_tasks(name):
 @pytest.mark.slow
 @pytest.mark.parametrize("name", sim.list_tasks())
 def test_scripted_expert_succeeds_on_every_task(name):
-    assert _expert_success_rate(name, range(40)) >= 0.9
+    # 200 seeds: near 90% a 40-seed estimate has a standard error of ~5 points (soccer: 0.85 on
+    # seeds 0-39, 0.925 on 0-199).
+    assert _expert_success_rate(name, range(200)) >= 0.9
 
 
 def test_torch_optimisers_and_triton_work_after_rendering():
