@@ -226,13 +226,18 @@ class StepPRM(RewardModel):
             raise FramesError(f"cameras {list(cameras)} are not all known to this model ({list(self.cfg.cameras)})")
         return cameras
 
+    def _encode_with_goal(self, frames, reference: Any, cameras) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Encoded frames (T, dim) and the reference's goal anchor (1, dim) or None."""
+        ids = self._check_cameras(cameras)
+        states = self.encode(frames, ids)
+        goal = self.encode(reference_goal_frames(reference, ids), ids) if reference is not None else None
+        return states, goal
+
     @torch.no_grad()
     def hops(self, frames, instruction: str, reference: Any = None, cameras=None) -> dict[str, np.ndarray]:
         """Expected hops per perspective: incremental (T-1,), forward (T,), backward (T,) (only
         with a reference), and ``p_forward_top`` (T,): the mass of the top forward bin."""
-        ids = self._check_cameras(cameras)
-        states = self.encode(frames, ids)
-        goal = self.encode(reference_goal_frames(reference, ids), ids) if reference is not None else None
+        states, goal = self._encode_with_goal(frames, reference, cameras)
         return self.hops_from_states(states, instruction, goal)
 
     @torch.no_grad()
@@ -260,14 +265,14 @@ class StepPRM(RewardModel):
         return out
 
     def progress_from_states(self, states: torch.Tensor, instruction: str, goal: torch.Tensor | None = None,
-                             perspective: str | None = None) -> np.ndarray:
-        """:meth:`progress` on encoded states (T, dim)."""
+                             perspective: str | None = None, hops: dict[str, np.ndarray] | None = None) -> np.ndarray:
+        """:meth:`progress` on encoded states (T, dim); ``hops`` reuses :meth:`hops_from_states` output."""
         perspective = perspective or self.cfg.perspective
         if perspective not in PERSPECTIVE_CHOICES:
             raise ValueError(f"perspective {perspective!r} unknown: use one of {PERSPECTIVE_CHOICES}")
         if perspective == "backward" and goal is None:
             raise ValueError("the backward perspective needs a goal: pass reference=<a demonstration episode>")
-        h = self.hops_from_states(states, instruction, goal)
+        h = hops if hops is not None else self.hops_from_states(states, instruction, goal)
         curves = {"forward": forward(h["forward"]), "incremental": incremental(h.get("incremental", np.zeros(0)))}
         if "backward" in h:
             curves["backward"] = backward(h["backward"])
@@ -278,19 +283,15 @@ class StepPRM(RewardModel):
     def progress(self, frames, instruction: str, reference: Any = None, perspective: str | None = None, cameras=None) -> np.ndarray:
         """Progress (T,) in [0, 1]. ``perspective`` overrides the configured one (fused,
         incremental, forward, backward; see the module doc); ``cameras`` scores with a subset."""
-        ids = self._check_cameras(cameras)
-        states = self.encode(frames, ids)
-        goal = self.encode(reference_goal_frames(reference, ids), ids) if reference is not None else None
+        states, goal = self._encode_with_goal(frames, reference, cameras)
         return self.progress_from_states(states, instruction, goal, perspective)
 
     def score(self, frames, instruction: str, reference: Any = None, perspective: str | None = None, cameras=None):
         """``(progress, success_prob)`` from one encoder pass."""
-        ids = self._check_cameras(cameras)
-        states = self.encode(frames, ids)
-        goal = self.encode(reference_goal_frames(reference, ids), ids) if reference is not None else None
-        progress = self.progress_from_states(states, instruction, goal, perspective)
-        top = self.hops_from_states(states, instruction, goal)["p_forward_top"]
-        return progress, np.clip(top, 0, 1).astype(np.float32)
+        states, goal = self._encode_with_goal(frames, reference, cameras)
+        hops = self.hops_from_states(states, instruction, goal)
+        progress = self.progress_from_states(states, instruction, goal, perspective, hops=hops)
+        return progress, np.clip(hops["p_forward_top"], 0, 1).astype(np.float32)
 
     def success_prob(self, frames, instruction: str, reference: Any = None, cameras=None) -> np.ndarray:
         """P(done) per frame: the mass of the top forward-hop bin (hop ~ 1 from the start)."""

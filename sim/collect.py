@@ -86,10 +86,9 @@ def _rollout_actions(task: SimTask, seed: int, noise: float, max_steps: int, pos
     return actions, success_at
 
 
-def _failure_actions(kind: str, expert: list[np.ndarray], ref_len: int, seed: int, failure_noise: float):
+def _failure_actions(kind: str, expert: list[np.ndarray], ref_len: int):
     """The action sequence of a failure of ``kind``, built from the clean expert rollout."""
     total = 2 * ref_len
-    rng = np.random.default_rng([seed, 11])
     hold = np.zeros(4, np.float32)
     if kind == "noise":
         return None  # generated online (the expert reacts to the noisy state)
@@ -122,7 +121,7 @@ def record_episode(
     if plan.kind == "expert":
         scripted, stop_after_success = expert, True
     else:
-        scripted = _failure_actions(plan.kind, expert, ref_len, plan.seed, failure_noise)
+        scripted = _failure_actions(plan.kind, expert, ref_len)
         stop_after_success = False
     limit = min(max_steps, len(scripted) if scripted is not None else 2 * ref_len)
     rng = np.random.default_rng([plan.seed, 13])
