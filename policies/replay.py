@@ -3,7 +3,9 @@ demonstrations loaded from an episode store.
 
 Every sampler returns the batch contract of `policies.sac` (float32 torch tensors):
 obs (n, S), action (n, A), reward (n,), next_obs (n, S), terminated (n,) 1.0 only at true
-terminals (a time-limit truncation is not terminal and is stored as terminated = 0).
+terminals (a time-limit truncation is not terminal and is stored as terminated = 0), and
+mc_return (n,): the discounted return-to-go the row's episode actually collected (Cal-QL's
+lower bound; -inf where none was given).
 `MixedReplay` adds demo (n,): 1.0 on rows drawn from the offline buffer.
 """
 
@@ -16,9 +18,30 @@ from typing import Callable
 import numpy as np
 import torch
 
-__all__ = ["ReplayBuffer", "MixedReplay", "load_offline"]
+__all__ = ["ReplayBuffer", "MixedReplay", "load_offline", "discounted_returns", "success_cut"]
 
-_FIELDS = ("obs", "action", "reward", "next_obs", "terminated")
+_FIELDS = ("obs", "action", "reward", "next_obs", "terminated", "mc_return")
+
+
+def discounted_returns(rewards: np.ndarray, gamma: float, bootstrap: float = 0.0) -> np.ndarray:
+    """G_t = r_t + gamma * G_{t+1} over one episode, with G_T = ``bootstrap`` (0 after a true
+    terminal; after a time limit, a lower bound on the value of the last state). float32 (T,)."""
+    rewards = np.asarray(rewards, dtype=np.float64)
+    out = np.empty(len(rewards))
+    g = float(bootstrap)
+    for t in range(len(rewards) - 1, -1, -1):
+        g = rewards[t] + gamma * g
+        out[t] = g
+    return out.astype(np.float32)
+
+
+def success_cut(success: np.ndarray) -> tuple[int, bool]:
+    """(transitions kept, terminated): collectors keep stepping after success, so an episode ends
+    at its FIRST success step, which is a true terminal; without success all steps are kept."""
+    success = np.asarray(success, dtype=np.float32) > 0.5
+    if success.any():
+        return int(np.argmax(success)) + 1, True
+    return len(success), False
 
 
 class ReplayBuffer:
@@ -39,23 +62,29 @@ class ReplayBuffer:
         self.reward = np.zeros((capacity,), np.float32)
         self.next_obs = np.zeros((capacity, obs_dim), np.float32)
         self.terminated = np.zeros((capacity,), np.float32)
+        self.mc_return = np.full((capacity,), -np.inf, np.float32)
         self.pos = 0  # next row to write
         self.size = 0
 
     def __len__(self) -> int:
         return self.size
 
-    def add(self, obs: np.ndarray, action: np.ndarray, reward: float, next_obs: np.ndarray, terminated: bool) -> None:
+    def add(self, obs: np.ndarray, action: np.ndarray, reward: float, next_obs: np.ndarray, terminated: bool,
+            mc_return: float = -np.inf) -> None:
         """Add one transition. ``terminated``: true terminal only (pass False on time-limit truncation)."""
         self.add_batch(
             np.asarray(obs)[None], np.asarray(action)[None], np.asarray([reward]), np.asarray(next_obs)[None],
-            np.asarray([terminated]),
+            np.asarray([terminated]), np.asarray([mc_return]),
         )
 
     def add_batch(self, obs: np.ndarray, action: np.ndarray, reward: np.ndarray, next_obs: np.ndarray,
-                  terminated: np.ndarray) -> None:
-        """Add N transitions: obs/next_obs (N, S), action (N, A), reward (N,), terminated (N,) bool or 0/1."""
-        rows = {"obs": obs, "action": action, "reward": reward, "next_obs": next_obs, "terminated": terminated}
+                  terminated: np.ndarray, mc_return: np.ndarray | None = None) -> None:
+        """Add N transitions: obs/next_obs (N, S), action (N, A), reward (N,), terminated (N,) bool or 0/1,
+        mc_return (N,) or None (unknown: -inf, no Cal-QL bound)."""
+        if mc_return is None:
+            mc_return = np.full(len(np.asarray(reward)), -np.inf, np.float32)
+        rows = {"obs": obs, "action": action, "reward": reward, "next_obs": next_obs, "terminated": terminated,
+                "mc_return": mc_return}
         rows = {k: np.asarray(v, dtype=np.float32) for k, v in rows.items()}
         n = rows["obs"].shape[0]
         for k, v in rows.items():
@@ -87,11 +116,11 @@ class ReplayBuffer:
     def load(cls, path: str | os.PathLike) -> "ReplayBuffer":
         """Read a buffer written by `save` (same capacity, rows in the same order)."""
         with np.load(path) as z:
-            missing = [k for k in (*_FIELDS, "capacity") if k not in z]
+            missing = [k for k in (*_FIELDS, "capacity") if k not in z and k != "mc_return"]
             if missing:
                 raise ValueError(f"{str(path)!r} lacks {missing}: not written by ReplayBuffer.save")
             buf = cls(z["obs"].shape[1], z["action"].shape[1], int(z["capacity"]))
-            buf.add_batch(*(z[k] for k in _FIELDS))
+            buf.add_batch(*(z[k] for k in _FIELDS[:-1]), z["mc_return"] if "mc_return" in z else None)
         return buf
 
 
@@ -147,6 +176,7 @@ def load_offline(
     obs_key: str = "state",
     reward_fn: Callable[..., np.ndarray] | None = None,
     capacity: int | None = None,
+    gamma: float | None = None,
 ) -> ReplayBuffer:
     """Transitions (obs[t], actions[t], reward[t], obs[t+1], terminated[t]) of every episode in a store.
 
@@ -157,6 +187,8 @@ def load_offline(
         reward_fn: ``episode -> float (T,)`` rewards for its T actions (e.g. success scaled, or a
             shaped reward); default: the store's ``rewards``.
         capacity: buffer capacity; default exactly the number of transitions loaded.
+        gamma: when given, rows carry ``mc_return``, the discounted return-to-go of the kept
+            rewards (0 after the terminal; after a time limit the sum so far, exact for rewards >= 0).
 
     Termination: collectors keep stepping after success, so an episode is cut at its FIRST step
     with ``infos["success"][t] > 0.5``; that transition is terminated = 1 and the later ones are
@@ -182,15 +214,17 @@ def load_offline(
                 reward = np.asarray(ep.rewards if reward_fn is None else reward_fn(ep), np.float32)
                 if reward.shape != (T,):
                     raise ValueError(f"reward_fn returned shape {reward.shape} for episode {i}; expected ({T},)")
-                success = np.asarray(ep.infos.get("success", np.zeros(T)), np.float32) > 0.5
-                end = int(np.argmax(success)) + 1 if success.any() else T  # transitions kept: [0, end)
+                end, solved = success_cut(ep.infos.get("success", np.zeros(T)))  # transitions kept: [0, end)
                 terminated = np.zeros(end, np.float32)
-                terminated[-1] = float(success.any())
+                terminated[-1] = float(solved)
                 columns["obs"].append(obs[:end])
                 columns["action"].append(np.clip(ep.actions[:end], -1.0, 1.0))  # the actor's range
                 columns["reward"].append(reward[:end])
                 columns["next_obs"].append(obs[1 : end + 1])
                 columns["terminated"].append(terminated)
+                columns["mc_return"].append(
+                    discounted_returns(reward[:end], gamma) if gamma is not None else np.full(end, -np.inf, np.float32)
+                )
         finally:
             store.close()
     if not columns["obs"]:

@@ -9,6 +9,9 @@ Batch contract (what `update` reads; `policies.replay` produces it), all float32
     truncation is NOT terminal: its transition bootstraps like any other. There is deliberately
     no generic ``done`` key.
     demo (N,) optional, 1.0 on demonstration rows; the behaviour-cloning term uses only those.
+    mc_return (N,) optional, a Monte-Carlo lower bound on V(s) (discounted return-to-go of the
+    episode, computed from the SAME rewards the critic learns; -inf where unknown). Cal-QL
+    lower-bounds the conservative term's policy Q-values by it.
 N = utd_ratio * batch_size: the critic takes utd_ratio steps on consecutive slices of
 batch_size rows, then the actor and temperature take one step on the last slice (as RLPD).
 """
@@ -28,6 +31,7 @@ from torch import nn
 __all__ = ["SACConfig", "SAC", "TanhGaussianActor", "CriticEnsemble", "EnsembleLinear", "BATCH_KEYS"]
 
 BATCH_KEYS = ("obs", "action", "reward", "next_obs", "terminated")
+OPTIONAL_KEYS = ("demo", "mc_return")
 LOG_STD_MIN, LOG_STD_MAX = -5.0, 2.0  # CleanRL's bounds: wide enough to explore, never degenerate
 
 
@@ -57,6 +61,14 @@ class SACConfig:
     """entropy the temperature steers towards; None = -|A| (RLPD uses -|A|/2)"""
     bc_weight: float = 0.0
     """TD3+BC's alpha: actor loss = (bc_weight / mean|Q|) * SAC loss + MSE to demo actions; 0 = no BC term"""
+    cql_alpha: float = 0.0
+    """weight of the conservative (CQL) term in the critic loss; 0 = plain SAC. Cal-QL uses 5 (AntMaze, Kitchen), 1 (Adroit)"""
+    cql_n_actions: int = 4
+    """actions sampled per state for the CQL log-sum-exp, from each of uniform, pi(s) and pi(s') (Cal-QL: 10)"""
+    cql_temperature: float = 1.0
+    """temperature of the CQL log-sum-exp"""
+    calql_bound: bool = True
+    """Cal-QL: lower-bound the policy actions' Q in the CQL term by the batch's mc_return (False = plain CQL)"""
     layer_norm: bool = True
     """LayerNorm after every hidden layer of each critic (RLPD: keeps Q bounded off the data)"""
     device: str = "auto"
@@ -77,6 +89,11 @@ class SACConfig:
             raise ValueError(f"utd_ratio and batch_size must be >= 1, got {self.utd_ratio}, {self.batch_size}")
         if not 0.0 <= self.gamma < 1.0 or not 0.0 < self.tau <= 1.0:
             raise ValueError(f"need 0 <= gamma < 1 and 0 < tau <= 1, got gamma={self.gamma}, tau={self.tau}")
+        if self.cql_alpha < 0 or self.cql_n_actions < 1 or self.cql_temperature <= 0:
+            raise ValueError(
+                f"need cql_alpha >= 0, cql_n_actions >= 1, cql_temperature > 0; got {self.cql_alpha}, "
+                f"{self.cql_n_actions}, {self.cql_temperature}"
+            )
         if self.init_temperature <= 0 or self.bc_weight < 0:
             raise ValueError(
                 f"init_temperature must be > 0 and bc_weight >= 0, got {self.init_temperature}, {self.bc_weight}"
@@ -203,6 +220,10 @@ class SAC:
         self.critic_opt = torch.optim.Adam(self.critic.parameters(), lr=cfg.lr)
         self.alpha_opt = torch.optim.Adam([self.log_alpha], lr=cfg.lr)
         self.num_updates = 0
+        self.cql_alpha = float(cfg.cql_alpha)
+        """conservative weight in use; the trainer may change it between phases (pre-training, online)"""
+        self.bc_coef = 1.0
+        """multiplier of the behaviour-cloning term; the trainer anneals it"""
 
     @property
     def alpha(self) -> float:
@@ -222,10 +243,40 @@ class SAC:
             v_next = q_next.min(dim=0).values - self.log_alpha.exp() * next_logp
             return reward + self.cfg.gamma * (1.0 - terminated) * v_next
 
+    def conservative_penalty(self, obs: torch.Tensor, next_obs: torch.Tensor, q_data: torch.Tensor,
+                             mc_return: torch.Tensor | None) -> torch.Tensor:
+        """CQL(H)'s penalty with Cal-QL's calibration, summed over ensemble members (a scalar).
+
+        For each member: logsumexp over n uniform actions, n from pi(.|s) and n from pi(.|s')
+        (all scored at s, importance-weighted by their densities, as CQL's reference code) minus
+        Q(s, a_data). Cal-QL: the Q-values of the policy's actions enter as max(Q, mc_return),
+        so the critic is not pushed below a Monte-Carlo estimate of the data policy's value.
+        """
+        cfg = self.cfg
+        b, n, a_dim = obs.shape[0], cfg.cql_n_actions, self.act_dim
+        rep_obs = obs.repeat_interleave(n, dim=0)
+        with torch.no_grad():
+            a_pi, logp_pi, _ = self.actor.sample(rep_obs)
+            a_next, logp_next, _ = self.actor.sample(next_obs.repeat_interleave(n, dim=0))
+        a_rand = torch.rand(b * n, a_dim, device=self.device) * 2.0 - 1.0
+        q = self.critic(rep_obs.repeat(3, 1), torch.cat([a_rand, a_pi, a_next]))  # (E, 3 * b * n)
+        q_rand, q_pi, q_next = q.view(-1, 3, b, n).unbind(1)  # each (E, b, n)
+        if cfg.calql_bound and mc_return is not None:
+            bound = mc_return.view(1, b, 1)
+            q_pi, q_next = torch.maximum(q_pi, bound), torch.maximum(q_next, bound)
+        log_uniform = a_dim * math.log(0.5)  # density of U[-1, 1]^A
+        cat_q = torch.cat(
+            [q_rand - log_uniform, q_pi - logp_pi.view(1, b, n), q_next - logp_next.view(1, b, n)], dim=-1
+        )
+        t = cfg.cql_temperature
+        ood = torch.logsumexp(cat_q / t, dim=-1) * t  # (E, b)
+        return (ood - q_data).mean(dim=1).sum()
+
     def update(self, batch: Mapping[str, torch.Tensor]) -> dict[str, float]:
         """One learning step: utd_ratio critic steps, then one actor and one temperature step.
 
-        Returns floats: critic_loss, actor_loss, alpha_loss, alpha, q_mean, bc_loss, entropy.
+        Returns floats: critic_loss, actor_loss, alpha_loss, alpha, q_mean, bc_loss, entropy,
+        cql_loss (the conservative penalty before weighting; 0 when cql_alpha is 0).
         """
         cfg = self.cfg
         b = self._check_batch(batch)
@@ -235,6 +286,10 @@ class SAC:
             y = self.critic_target_values(mb["reward"], mb["next_obs"], mb["terminated"])
             q = self.critic(mb["obs"], mb["action"])  # (E, B)
             critic_loss = F.mse_loss(q, y.unsqueeze(0).expand_as(q)) * cfg.num_critics  # sum over members
+            cql_loss = torch.zeros((), device=self.device)
+            if self.cql_alpha > 0:
+                cql_loss = self.conservative_penalty(mb["obs"], mb["next_obs"], q, mb.get("mc_return"))
+                critic_loss = critic_loss + self.cql_alpha * cql_loss
             self.critic_opt.zero_grad(set_to_none=True)
             critic_loss.backward()
             self.critic_opt.step()
@@ -255,7 +310,7 @@ class SAC:
             per_row = ((action - mb["action"]) ** 2).sum(-1)
             bc_loss = (per_row * demo).sum() / demo.sum()
         if cfg.bc_weight > 0:  # TD3+BC: scale the RL term by bc_weight / mean|Q| so BC's pull is scale-free
-            actor_loss = cfg.bc_weight / q_pi.abs().mean().detach().clamp_min(1e-6) * actor_loss + bc_loss
+            actor_loss = cfg.bc_weight / q_pi.abs().mean().detach().clamp_min(1e-6) * actor_loss + self.bc_coef * bc_loss
         self.actor_opt.zero_grad(set_to_none=True)
         actor_loss.backward()
         self.actor_opt.step()
@@ -275,7 +330,20 @@ class SAC:
             "q_mean": q.mean().item(),
             "bc_loss": bc_loss.item(),
             "entropy": -logp.mean().item(),
+            "cql_loss": cql_loss.item(),
         }
+
+    def bc_update(self, obs: torch.Tensor, action: torch.Tensor) -> float:
+        """One behaviour-cloning step of the actor alone (the warm start): MSE of a reparameterised
+        sample to the demonstrated action. Returns the loss."""
+        obs = torch.as_tensor(obs, dtype=torch.float32, device=self.device)
+        action = torch.as_tensor(action, dtype=torch.float32, device=self.device)
+        sampled, _, _ = self.actor.sample(obs)
+        loss = ((sampled - action) ** 2).sum(-1).mean()
+        self.actor_opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.actor_opt.step()
+        return loss.item()
 
     def _check_batch(self, batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Move the batch to the device as float32 and check keys and shapes, with errors that say the fix."""
@@ -287,7 +355,7 @@ class SAC:
         missing = [k for k in BATCH_KEYS if k not in batch]
         if missing:
             raise KeyError(f"batch lacks {missing}; it needs {list(BATCH_KEYS)} (+ optional 'demo')")
-        b = {k: torch.as_tensor(batch[k], dtype=torch.float32, device=self.device) for k in (*BATCH_KEYS, "demo") if k in batch}
+        b = {k: torch.as_tensor(batch[k], dtype=torch.float32, device=self.device) for k in (*BATCH_KEYS, *OPTIONAL_KEYS) if k in batch}
         n = b["obs"].shape[0]
         if n % self.cfg.utd_ratio:
             raise ValueError(f"batch of {n} rows does not split into utd_ratio={self.cfg.utd_ratio} equal slices")
@@ -295,7 +363,7 @@ class SAC:
             raise ValueError(f"obs/next_obs must be ({n}, {self.obs_dim}), got {tuple(b['obs'].shape)}, {tuple(b['next_obs'].shape)}")
         if b["action"].shape != (n, self.act_dim):
             raise ValueError(f"action must be ({n}, {self.act_dim}), got {tuple(b['action'].shape)}")
-        for k in ("reward", "terminated", "demo"):
+        for k in ("reward", "terminated", *OPTIONAL_KEYS):
             if k in b and b[k].shape != (n,):
                 raise ValueError(f"{k} must be ({n},), got {tuple(b[k].shape)}")
         if self.cfg.bc_weight > 0 and "demo" not in b:
@@ -332,6 +400,8 @@ class SAC:
             "critic_opt": self.critic_opt.state_dict(),
             "alpha_opt": self.alpha_opt.state_dict(),
             "num_updates": self.num_updates,
+            "cql_alpha": self.cql_alpha,
+            "bc_coef": self.bc_coef,
         }
 
     def load_state_dict(self, state: Mapping) -> None:
@@ -350,10 +420,14 @@ class SAC:
         self.critic_opt.load_state_dict(state["critic_opt"])
         self.alpha_opt.load_state_dict(state["alpha_opt"])
         self.num_updates = int(state["num_updates"])
+        self.cql_alpha = float(state.get("cql_alpha", self.cfg.cql_alpha))
+        self.bc_coef = float(state.get("bc_coef", 1.0))
 
     @classmethod
     def from_state_dict(cls, state: Mapping, device: str | None = None) -> "SAC":
         """Build an agent with the checkpoint's config (optionally on another device) and load it."""
+        if not isinstance(state, Mapping) or not {"config", "obs_dim", "act_dim", "actor"} <= set(state):
+            raise ValueError("not a SAC checkpoint (needs config, obs_dim, act_dim, actor): pass what SAC.state_dict() saved")
         cfg = dict(state["config"])
         if device is not None:
             cfg["device"] = device

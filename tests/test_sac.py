@@ -120,7 +120,7 @@ def test_update_returns_floats_and_utd_bc():
     rng = np.random.default_rng(0)
     agent = SAC(5, 3, SACConfig(hidden_sizes=(32, 32), utd_ratio=2, batch_size=16, bc_weight=2.5, device="cpu"))
     out = agent.update(random_batch(rng, 32))
-    assert set(out) == {"critic_loss", "actor_loss", "alpha_loss", "alpha", "q_mean", "bc_loss", "entropy"}
+    assert set(out) == {"critic_loss", "actor_loss", "alpha_loss", "alpha", "q_mean", "bc_loss", "entropy", "cql_loss"}
     assert all(isinstance(v, float) and np.isfinite(v) for v in out.values())
     assert out["bc_loss"] > 0 and agent.num_updates == 1
     with pytest.raises(ValueError, match="utd_ratio"):
@@ -203,7 +203,7 @@ def test_mixed_replay_is_symmetric_and_falls_back_to_offline():
     b = mixed.sample(256, rng)
     assert b["demo"].sum() == 128
     assert torch.equal(b["reward"] == 1, b["demo"] == 1)  # demo marks exactly the offline rows
-    assert set(b) == {"obs", "action", "reward", "next_obs", "terminated", "demo"}
+    assert set(b) == {"obs", "action", "reward", "next_obs", "terminated", "mc_return", "demo"}
     assert all(v.dtype == torch.float32 for v in b.values())
 
 
@@ -288,3 +288,81 @@ def test_save_load_round_trip(tmp_path):
         assert torch.equal(pa, pb)
     with pytest.raises(ValueError, match="obs_dim"):
         SAC(6, 3, cfg).load_state_dict(agent.state_dict())
+
+
+# ----------------------------------------------------------------------------- (5) Cal-QL
+
+
+def reference_calql(agent, obs, next_obs, act_data, mc, a_rand, a_pi, logp_pi, a_next, logp_next, bound: bool):
+    """CQL(H) / Cal-QL penalty written out member by member, row by row (the paper's formula)."""
+    total = 0.0
+    b, n = obs.shape[0], a_rand.shape[0] // obs.shape[0]
+    log_uniform = agent.act_dim * np.log(0.5)
+    with torch.no_grad():
+        for e in range(agent.cfg.num_critics):
+            q = lambda s, a: agent.critic(s[None], a[None])[e, 0].item()  # noqa: E731
+            per_row = []
+            for i in range(b):
+                vals = []
+                for j in range(n):
+                    k = i * n + j
+                    vals.append(q(obs[i], a_rand[k]) - log_uniform)
+                    qp, qn = q(obs[i], a_pi[k]), q(obs[i], a_next[k])
+                    if bound:
+                        qp, qn = max(qp, mc[i].item()), max(qn, mc[i].item())
+                    vals += [qp - logp_pi[k].item(), qn - logp_next[k].item()]
+                per_row.append(torch.logsumexp(torch.tensor(vals, dtype=torch.float64), 0).item() - q(obs[i], act_data[i]))
+            total += float(np.mean(per_row))
+    return total
+
+
+@pytest.mark.parametrize("bound", [True, False])
+def test_calql_penalty_on_a_hand_made_batch(bound, monkeypatch):
+    """The batched penalty equals the formula written out; Cal-QL's bound lifts policy Q-values to mc_return."""
+    rng = np.random.default_rng(3)
+    agent = SAC(3, 2, SACConfig(hidden_sizes=(8,), num_critics=2, cql_alpha=1.0, cql_n_actions=3,
+                                calql_bound=bound, device="cpu"))
+    b, n = 4, 3
+    t = lambda *s: torch.as_tensor(rng.normal(size=s), dtype=torch.float32)  # noqa: E731
+    obs, next_obs = t(b, 3), t(b, 3)
+    act_data = torch.as_tensor(rng.uniform(-1, 1, (b, 2)), dtype=torch.float32)
+    with torch.no_grad():
+        q_scale = agent.critic(obs, act_data).abs().max().item()
+    mc = torch.tensor([-1e9, 5.0 + q_scale, -1e9, 5.0 + q_scale])  # rows 1 and 3: the bound is active
+    fixed = {  # the actor's samples, fixed so the reference sees the same actions
+        0: (torch.as_tensor(rng.uniform(-0.9, 0.9, (b * n, 2)), dtype=torch.float32), t(b * n)),
+        1: (torch.as_tensor(rng.uniform(-0.9, 0.9, (b * n, 2)), dtype=torch.float32), t(b * n)),
+    }
+    calls = iter([0, 1])
+
+    def fake_sample(x):
+        a, lp = fixed[next(calls)]
+        return a, lp, a
+
+    monkeypatch.setattr(agent.actor, "sample", fake_sample)
+    torch.manual_seed(11)
+    got = agent.conservative_penalty(obs, next_obs, agent.critic(obs, act_data), mc).item()
+    torch.manual_seed(11)
+    a_rand = torch.rand(b * n, 2) * 2 - 1  # the same uniform draws the agent made
+    want = reference_calql(agent, obs, next_obs, act_data, mc, a_rand, fixed[0][0], fixed[0][1],
+                           fixed[1][0], fixed[1][1], bound)
+    assert got == pytest.approx(want, rel=1e-4, abs=1e-4)
+    unbounded = reference_calql(agent, obs, next_obs, act_data, mc, a_rand, fixed[0][0], fixed[0][1],
+                                fixed[1][0], fixed[1][1], False)
+    if bound:  # the bound (5 above any Q on rows 1, 3) lifts the policy terms: a larger penalty
+        assert got > unbounded + 1.0
+    else:
+        assert got == pytest.approx(unbounded, rel=1e-4, abs=1e-4)
+
+
+def test_calql_enters_the_critic_loss_only_with_cql_alpha():
+    rng = np.random.default_rng(0)
+    batch = random_batch(rng, 16)
+    batch["mc_return"] = torch.zeros(16)
+    plain = SAC(5, 3, SACConfig(hidden_sizes=(16,), batch_size=16, device="cpu"))
+    assert plain.update(batch)["cql_loss"] == 0.0
+    conservative = SAC(5, 3, SACConfig(hidden_sizes=(16,), batch_size=16, cql_alpha=2.0, device="cpu"))
+    out = conservative.update(batch)
+    assert out["cql_loss"] != 0.0 and np.isfinite(out["critic_loss"])
+    with pytest.raises(ValueError, match="cql_alpha"):
+        SACConfig(cql_alpha=-1.0)

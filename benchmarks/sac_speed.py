@@ -1,0 +1,195 @@
+"""SAC update throughput on CPU: this project's `policies.sac.SAC` against Stable-Baselines3's SAC.
+
+Run: ``.venv/bin/python benchmarks/sac_speed.py`` (about 4 minutes at the default 5 s per loop;
+needs ``pip install stable-baselines3``). Prints a table and writes it to
+``benchmarks/results/sac_speed.md``. Both agents learn from replay buffers holding the same
+100,000 random Meta-World-sized transitions (39 state dims, 4 action dims), batch 256, on the
+CPU, with 1 and then 2 torch threads. Every timed loop includes sampling the batch from replay:
+SB3 samples inside ``model.train``, ours is ``ReplayBuffer.sample`` then ``SAC.update``. Loops of
+all agents are interleaved, repeat by repeat, so a change of load on a shared machine hits every
+row alike; the table gives the median of the repeats.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import platform
+import statistics
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from policies.replay import ReplayBuffer
+from policies.sac import SAC, SACConfig
+
+OBS_DIM, ACT_DIM, BATCH, BUFFER = 39, 4, 256, 100_000
+SB3_CHUNK = 20  # gradient steps per model.train call: its per-call overhead (logging, lr schedule) amortised
+
+
+@dataclass
+class Contender:
+    """One row of the table: a label, its settings, and a step function doing one update."""
+
+    agent: str
+    critics: str
+    width: int
+    utd: int
+    layer_norm: bool
+    step: Callable[[], int]
+    """does some updates (sampling included), returns how many"""
+
+
+def random_transitions(seed: int = 0) -> dict[str, np.ndarray]:
+    """BUFFER random transitions: obs/next_obs N(0, 1) (BUFFER, 39), actions U[-1, 1] (BUFFER, 4), float32."""
+    rng = np.random.default_rng(seed)
+    return {
+        "obs": rng.standard_normal((BUFFER, OBS_DIM), np.float32),
+        "action": rng.uniform(-1, 1, (BUFFER, ACT_DIM)).astype(np.float32),
+        "reward": rng.standard_normal(BUFFER, np.float32),
+        "next_obs": rng.standard_normal((BUFFER, OBS_DIM), np.float32),
+        "terminated": (rng.random(BUFFER) < 0.01).astype(np.float32),
+    }
+
+
+def ours(data: dict[str, np.ndarray], width: int, critics: int, subsample: int | None, utd: int,
+         layer_norm: bool = True) -> Contender:
+    """`SAC.update` on batches of utd * 256 rows drawn by `ReplayBuffer.sample`."""
+    buf = ReplayBuffer(OBS_DIM, ACT_DIM, BUFFER)
+    buf.add_batch(data["obs"], data["action"], data["reward"], data["next_obs"], data["terminated"])
+    cfg = SACConfig(hidden_sizes=(width, width), num_critics=critics, critic_subsample=subsample, utd_ratio=utd,
+                    batch_size=BATCH, layer_norm=layer_norm, device="cpu")
+    agent, rng = SAC(OBS_DIM, ACT_DIM, cfg), np.random.default_rng(0)
+
+    def step() -> int:
+        agent.update(buf.sample(utd * BATCH, rng))
+        return 1
+
+    label = f"{critics}" if subsample is None else f"{critics}, target min of {subsample}"
+    return Contender("ours", label, width, utd, layer_norm, step)
+
+
+def theirs(data: dict[str, np.ndarray], width: int) -> Contender:
+    """SB3 SAC, 2 critics, ``model.train`` on its own replay buffer filled with the same transitions."""
+    import gymnasium as gym
+    from stable_baselines3 import SAC as SB3SAC
+    from stable_baselines3.common.logger import Logger
+
+    class MetaWorldSized(gym.Env):
+        """Only the spaces matter: the env is never stepped."""
+
+        observation_space = gym.spaces.Box(-np.inf, np.inf, (OBS_DIM,), np.float32)
+        action_space = gym.spaces.Box(-1.0, 1.0, (ACT_DIM,), np.float32)
+
+        def reset(self, *, seed=None, options=None):
+            return np.zeros(OBS_DIM, np.float32), {}
+
+        def step(self, action):
+            return np.zeros(OBS_DIM, np.float32), 0.0, False, False, {}
+
+    model = SB3SAC("MlpPolicy", MetaWorldSized(), buffer_size=BUFFER, batch_size=BATCH, learning_starts=0,
+                   policy_kwargs={"net_arch": [width, width], "n_critics": 2}, device="cpu", seed=0)
+    model.set_logger(Logger(folder=None, output_formats=[]))
+    rb = model.replay_buffer  # shape (buffer, n_envs=1, ...); write the arrays directly rather than 100k add() calls
+    rb.observations[:] = data["obs"][:, None]
+    rb.next_observations[:] = data["next_obs"][:, None]
+    rb.actions[:] = data["action"][:, None]
+    rb.rewards[:] = data["reward"][:, None]
+    rb.dones[:] = data["terminated"][:, None]
+    rb.pos, rb.full = 0, True
+
+    def step() -> int:
+        model.train(gradient_steps=SB3_CHUNK, batch_size=BATCH)
+        return SB3_CHUNK
+
+    return Contender("SB3", "2", width, 1, False, step)
+
+
+def timed(step: Callable[[], int], seconds: float) -> float:
+    """Updates per second over a loop of about ``seconds``."""
+    n, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        n += step()
+    return n / (time.perf_counter() - start)
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=5.0, help="duration of each timed loop")
+    parser.add_argument("--repeats", type=int, default=3, help="timed loops per row; the table gives their median")
+    parser.add_argument("--threads", type=int, nargs="+", default=[1, 2], help="torch thread counts to measure")
+    parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "sac_speed.md"),
+                        help="markdown file the table is written to")
+    args = parser.parse_args()
+
+    import stable_baselines3
+
+    torch.manual_seed(0)
+    data = random_transitions()
+    contenders = [
+        theirs(data, 256),
+        ours(data, 256, 2, None, 1),
+        ours(data, 256, 2, None, 1, layer_norm=False),  # SB3's architecture exactly
+        ours(data, 256, 2, None, 2),
+        ours(data, 256, 10, 2, 1),
+        theirs(data, 512),
+        ours(data, 512, 2, None, 1),
+    ]
+    load_before = os.getloadavg()
+    rates: dict[tuple[int, int], list[float]] = {}
+    for threads in args.threads:
+        torch.set_num_threads(threads)
+        for c in contenders:  # warm up: allocator, Adam state, thread pool
+            timed(c.step, min(1.0, args.seconds))
+        for _ in range(args.repeats):
+            for i, c in enumerate(contenders):
+                rates.setdefault((threads, i), []).append(timed(c.step, args.seconds))
+    load_after = os.getloadavg()
+
+    rows = []
+    for threads in args.threads:
+        sb3 = {c.width: statistics.median(rates[threads, i]) for i, c in enumerate(contenders) if c.agent == "SB3"}
+        for i, c in enumerate(contenders):
+            rate = statistics.median(rates[threads, i])
+            ratio = rate / sb3[c.width]
+            rows.append(
+                f"| {c.agent} | {c.critics} | {c.width}x{c.width} | {'yes' if c.layer_norm else 'no'} | {c.utd} "
+                f"| {threads} | {rate:.0f} | {rate * c.utd:.0f} | {ratio:.2f}x |"
+            )
+    header = (
+        f"# SAC update throughput (CPU)\n\n"
+        f"Measured {datetime.date.today()} by `benchmarks/sac_speed.py --seconds {args.seconds:g} "
+        f"--repeats {args.repeats}` on {os.cpu_count()} cores ({cpu_name()}), torch {torch.__version__}, "
+        f"stable-baselines3 {stable_baselines3.__version__}, load average (1, 5, 15 min) "
+        f"{', '.join(f'{x:.2f}' for x in load_before)} before and {', '.join(f'{x:.2f}' for x in load_after)} after. "
+        f"Observations {OBS_DIM}-d, actions {ACT_DIM}-d, batch {BATCH}, replay of {BUFFER:,} random transitions; "
+        f"every rate includes sampling the batch from replay. An update is what one env step buys: utd critic "
+        f"steps, then one actor and one temperature step (SB3: one gradient step). Median of {args.repeats} "
+        f"loops of {args.seconds:g} s, interleaved across rows. Ratio: updates/s against SB3 of the same width "
+        f"and threads. Ours has LayerNorm in the critics by default; the 'no' row matches SB3's networks.\n\n"
+        "| agent | critics | width | LayerNorm | utd | threads | updates/s | critic steps/s | vs SB3 |\n"
+        "|---|---|---|---|---|---|---|---|---|\n"
+    )
+    table = header + "\n".join(rows) + "\n"
+    print(table)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(table)
+
+
+if __name__ == "__main__":
+    main()
