@@ -165,11 +165,12 @@ def main() -> None:
     for threads in args.threads:
         sb3 = {c.width: statistics.median(rates[threads, i]) for i, c in enumerate(contenders) if c.agent == "SB3"}
         for i, c in enumerate(contenders):
-            rate = statistics.median(rates[threads, i])
+            runs = rates[threads, i]
+            rate = statistics.median(runs)
             ratio = rate / sb3[c.width]
             rows.append(
                 f"| {c.agent} | {c.critics} | {c.width}x{c.width} | {'yes' if c.layer_norm else 'no'} | {c.utd} "
-                f"| {threads} | {rate:.0f} | {rate * c.utd:.0f} | {ratio:.2f}x |"
+                f"| {threads} | {rate:.0f} ({min(runs):.0f}-{max(runs):.0f}) | {rate * c.utd:.0f} | {ratio:.2f}x |"
             )
     header = (
         f"# SAC update throughput (CPU)\n\n"
@@ -180,7 +181,7 @@ def main() -> None:
         f"Observations {OBS_DIM}-d, actions {ACT_DIM}-d, batch {BATCH}, replay of {BUFFER:,} random transitions; "
         f"every rate includes sampling the batch from replay. An update is what one env step buys: utd critic "
         f"steps, then one actor and one temperature step (SB3: one gradient step). Median of {args.repeats} "
-        f"loops of {args.seconds:g} s, interleaved across rows. Ratio: updates/s against SB3 of the same width "
+        f"loops of {args.seconds:g} s (min-max in brackets), interleaved across rows. Ratio: updates/s against SB3 of the same width "
         f"and threads. Ours has LayerNorm in the critics by default; the 'no' row matches SB3's networks.\n\n"
         "| agent | critics | width | LayerNorm | utd | threads | updates/s | critic steps/s | vs SB3 |\n"
         "|---|---|---|---|---|---|---|---|---|\n"

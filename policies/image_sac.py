@@ -31,7 +31,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from policies.image_replay import check_views, image_hw
@@ -182,72 +181,6 @@ class ImageSAC(SAC):
         images = random_shift(obs["images"], self.cfg.shift_pad) if augment else obs["images"]
         return self.encoder(images, obs["proprio"])
 
-    def update(self, batch: Mapping) -> dict[str, float]:
-        """One learning step: utd_ratio critic(+encoder) steps, then one actor and one temperature step.
-
-        Returns floats: critic_loss, actor_loss, alpha_loss, alpha, q_mean, bc_loss, entropy, cql_loss.
-        """
-        cfg = self.cfg
-        b = self._check_batch(batch)
-        n = b["action"].shape[0] // cfg.utd_ratio
-        for k in range(cfg.utd_ratio):
-            mb = _rows(b, slice(k * n, (k + 1) * n))
-            features, info = self.critic_step(mb)
-        info.update(self.actor_step(features, mb))  # the last slice's features, detached (DrQ-v2 reuses them)
-        self.num_updates += 1
-        return info
-
-    def critic_step(self, mb: Mapping) -> tuple[torch.Tensor, dict[str, float]]:
-        """Regress every critic onto the shared target; the gradient also trains the encoder.
-
-        Returns the detached features of the augmented obs (B, obs_dim) and {critic_loss, q_mean, cql_loss}.
-        """
-        obs = self.encode(mb["obs"], augment=True)
-        with torch.no_grad():  # DrQ-v2: online encoder, no gradient, no target encoder
-            next_obs = self.encode(mb["next_obs"], augment=True)
-        y = self.critic_target_values(mb["reward"], next_obs, mb["terminated"])
-        q = self.critic(obs, mb["action"])  # (E, B)
-        critic_loss = F.mse_loss(q, y.unsqueeze(0).expand_as(q)) * self.cfg.num_critics  # sum over members
-        cql_loss = torch.zeros((), device=self.device)
-        if self.cql_alpha > 0:  # SAC's conservative penalty, on features: it trains the encoder too
-            cql_loss = self.conservative_penalty(obs, next_obs, q, mb.get("mc_return"))
-            critic_loss = critic_loss + self.cql_alpha * cql_loss
-        self.critic_opt.zero_grad(set_to_none=True)
-        critic_loss.backward()
-        self.critic_opt.step()
-        with torch.no_grad():  # Polyak averaging of the target critic heads
-            for p_t, p in zip(self.critic_target.parameters(), self.critic.parameters()):
-                p_t.lerp_(p, self.cfg.tau)
-        return obs.detach(), {"critic_loss": critic_loss.item(), "q_mean": q.mean().item(), "cql_loss": cql_loss.item()}
-
-    def actor_step(self, features: torch.Tensor, mb: Mapping) -> dict[str, float]:
-        """SAC's actor (+ BC on demo rows) and temperature step on detached features (B, obs_dim).
-
-        Same losses as `SAC.update`; the encoder gets no gradient from here.
-        """
-        cfg = self.cfg
-        features = features.detach()
-        action, logp, _ = self.actor.sample(features)
-        self.critic.requires_grad_(False)  # gradients flow through Q to the action only
-        q_pi = self.critic(features, action).mean(dim=0)
-        self.critic.requires_grad_(True)
-        actor_loss = (self.log_alpha.exp().detach() * logp - q_pi).mean()
-        demo = mb.get("demo")
-        bc_loss = torch.zeros((), device=self.device)
-        if demo is not None and demo.sum() > 0:
-            bc_loss = (((action - mb["action"]) ** 2).sum(-1) * demo).sum() / demo.sum()
-        if cfg.bc_weight > 0:  # TD3+BC scaling, as SAC
-            actor_loss = cfg.bc_weight / q_pi.abs().mean().detach().clamp_min(1e-6) * actor_loss + self.bc_coef * bc_loss
-        self.actor_opt.zero_grad(set_to_none=True)
-        actor_loss.backward()
-        self.actor_opt.step()
-        alpha_loss = -(self.log_alpha * (logp.detach() + self.target_entropy)).mean()
-        self.alpha_opt.zero_grad(set_to_none=True)
-        alpha_loss.backward()
-        self.alpha_opt.step()
-        return {"actor_loss": actor_loss.item(), "alpha_loss": alpha_loss.item(), "alpha": self.alpha,
-                "bc_loss": bc_loss.item(), "entropy": -logp.mean().item()}
-
     def _check_batch(self, batch: Mapping) -> dict:
         """Move the batch to the device (images stay uint8, the rest float32); check keys, shapes, dtypes, NaNs."""
         if "done" in batch and "terminated" not in batch:
@@ -379,11 +312,6 @@ def _check_image_checkpoint(state: Mapping) -> None:
     if isinstance(state, Mapping) and "actor" in state:
         raise ValueError("this is a state-based SAC checkpoint (no encoder/cameras): load it with SAC.from_state_dict")
     raise ValueError(f"not an ImageSAC checkpoint (needs {sorted(keys)}): pass what ImageSAC.state_dict() saved")
-
-
-def _rows(b: Mapping, s: slice) -> dict:
-    """Rows ``s`` of a batch, recursing into obs dicts."""
-    return {k: _rows(v, s) if isinstance(v, Mapping) else v[s] for k, v in b.items()}
 
 
 def _plain(v):

@@ -197,6 +197,11 @@ class CriticEnsemble(nn.Module):
 # --------------------------------------------------------------------------- agent
 
 
+def batch_rows(batch: Mapping, rows: slice) -> dict:
+    """The rows ``rows`` of a batch whose values are tensors or dicts of tensors (image observations)."""
+    return {k: batch_rows(v, rows) if isinstance(v, Mapping) else v[rows] for k, v in batch.items()}
+
+
 class SAC:
     """Soft actor-critic over flat observations (obs_dim,) and actions in [-1, 1]^act_dim.
 
@@ -272,66 +277,78 @@ class SAC:
         ood = torch.logsumexp(cat_q / t, dim=-1) * t  # (E, b)
         return (ood - q_data).mean(dim=1).sum()
 
+    def encode(self, obs, augment: bool) -> torch.Tensor:
+        """Observation -> the features actor and critics read; the identity for flat states.
+        (`policies.image_sac.ImageSAC` overrides it with the pixel encoder.)"""
+        return obs
+
     def update(self, batch: Mapping[str, torch.Tensor]) -> dict[str, float]:
         """One learning step: utd_ratio critic steps, then one actor and one temperature step.
 
         Returns floats: critic_loss, actor_loss, alpha_loss, alpha, q_mean, bc_loss, entropy,
         cql_loss (the conservative penalty before weighting; 0 when cql_alpha is 0).
         """
-        cfg = self.cfg
         b = self._check_batch(batch)
-        n = b["obs"].shape[0] // cfg.utd_ratio
-        for k in range(cfg.utd_ratio):  # critic: regress every member onto the shared target
-            mb = {key: v[k * n : (k + 1) * n] for key, v in b.items()}
-            y = self.critic_target_values(mb["reward"], mb["next_obs"], mb["terminated"])
-            q = self.critic(mb["obs"], mb["action"])  # (E, B)
-            critic_loss = F.mse_loss(q, y.unsqueeze(0).expand_as(q)) * cfg.num_critics  # sum over members
-            cql_loss = torch.zeros((), device=self.device)
-            if self.cql_alpha > 0:
-                cql_loss = self.conservative_penalty(mb["obs"], mb["next_obs"], q, mb.get("mc_return"))
-                critic_loss = critic_loss + self.cql_alpha * cql_loss
-            self.critic_opt.zero_grad(set_to_none=True)
-            critic_loss.backward()
-            self.critic_opt.step()
-            with torch.no_grad():  # Polyak averaging of the target critics
-                for p_t, p in zip(self.critic_target.parameters(), self.critic.parameters()):
-                    p_t.lerp_(p, cfg.tau)
+        n = b["action"].shape[0] // self.cfg.utd_ratio
+        for k in range(self.cfg.utd_ratio):  # critic: regress every member onto the shared target
+            mb = batch_rows(b, slice(k * n, (k + 1) * n))
+            features, info = self.critic_step(mb)
+        info.update(self.actor_step(features, mb))  # actor and temperature on the last slice
+        self.num_updates += 1
+        return info
 
-        # actor on the last slice: maximise mean_e Q_e(s, pi(s)) - alpha log pi, plus BC on demo rows
-        action, logp, _ = self.actor.sample(mb["obs"])
+    def critic_step(self, mb: Mapping) -> tuple[torch.Tensor, dict[str, float]]:
+        """Regress every critic onto the shared target (+ the conservative term when cql_alpha > 0).
+
+        Returns the detached features of ``mb["obs"]`` and {critic_loss, q_mean, cql_loss}. With an
+        encoder (ImageSAC) this loss is what trains it; the next observation is encoded without gradient.
+        """
+        cfg = self.cfg
+        obs = self.encode(mb["obs"], augment=True)
+        with torch.no_grad():
+            next_obs = self.encode(mb["next_obs"], augment=True)
+        y = self.critic_target_values(mb["reward"], next_obs, mb["terminated"])
+        q = self.critic(obs, mb["action"])  # (E, B)
+        critic_loss = F.mse_loss(q, y.unsqueeze(0).expand_as(q)) * cfg.num_critics  # sum over members
+        cql_loss = torch.zeros((), device=self.device)
+        if self.cql_alpha > 0:
+            cql_loss = self.conservative_penalty(obs, next_obs, q, mb.get("mc_return"))
+            critic_loss = critic_loss + self.cql_alpha * cql_loss
+        self.critic_opt.zero_grad(set_to_none=True)
+        critic_loss.backward()
+        self.critic_opt.step()
+        with torch.no_grad():  # Polyak averaging of the target critics
+            for p_t, p in zip(self.critic_target.parameters(), self.critic.parameters()):
+                p_t.lerp_(p, cfg.tau)
+        return obs.detach(), {"critic_loss": critic_loss.item(), "q_mean": q.mean().item(), "cql_loss": cql_loss.item()}
+
+    def actor_step(self, features: torch.Tensor, mb: Mapping) -> dict[str, float]:
+        """Actor: maximise mean_e Q_e(s, pi(s)) - alpha log pi, plus BC on demo rows; then the temperature.
+
+        ``features`` are detached: an encoder gets no gradient from the actor (DrQ)."""
+        cfg = self.cfg
+        features = features.detach()
+        action, logp, _ = self.actor.sample(features)
         self.critic.requires_grad_(False)  # gradients flow through Q to the action only
-        q_pi = self.critic(mb["obs"], action).mean(dim=0)  # mean over members, as RLPD
+        q_pi = self.critic(features, action).mean(dim=0)  # mean over members, as RLPD
         self.critic.requires_grad_(True)
-        alpha = self.log_alpha.exp().detach()
-        actor_loss = (alpha * logp - q_pi).mean()
+        actor_loss = (self.log_alpha.exp().detach() * logp - q_pi).mean()
         demo = mb.get("demo")
         bc_loss = torch.zeros((), device=self.device)
         if demo is not None and demo.sum() > 0:
-            per_row = ((action - mb["action"]) ** 2).sum(-1)
-            bc_loss = (per_row * demo).sum() / demo.sum()
+            bc_loss = (((action - mb["action"]) ** 2).sum(-1) * demo).sum() / demo.sum()
         if cfg.bc_weight > 0:  # TD3+BC: scale the RL term by bc_weight / mean|Q| so BC's pull is scale-free
             actor_loss = cfg.bc_weight / q_pi.abs().mean().detach().clamp_min(1e-6) * actor_loss + self.bc_coef * bc_loss
         self.actor_opt.zero_grad(set_to_none=True)
         actor_loss.backward()
         self.actor_opt.step()
-
         # temperature: raise alpha when entropy is below target, lower it when above
         alpha_loss = -(self.log_alpha * (logp.detach() + self.target_entropy)).mean()
         self.alpha_opt.zero_grad(set_to_none=True)
         alpha_loss.backward()
         self.alpha_opt.step()
-
-        self.num_updates += 1
-        return {
-            "critic_loss": critic_loss.item(),
-            "actor_loss": actor_loss.item(),
-            "alpha_loss": alpha_loss.item(),
-            "alpha": self.alpha,
-            "q_mean": q.mean().item(),
-            "bc_loss": bc_loss.item(),
-            "entropy": -logp.mean().item(),
-            "cql_loss": cql_loss.item(),
-        }
+        return {"actor_loss": actor_loss.item(), "alpha_loss": alpha_loss.item(), "alpha": self.alpha,
+                "bc_loss": bc_loss.item(), "entropy": -logp.mean().item()}
 
     def bc_update(self, obs: torch.Tensor, action: torch.Tensor) -> float:
         """One behaviour-cloning step of the actor alone (the warm start): MSE of a reparameterised

@@ -96,6 +96,13 @@ def collect_demos(cfg, run: Path, cameras: tuple[str, ...], image_size: int) -> 
     return Path(collect(one))
 
 
+def offline_threads(cfg) -> int:
+    """Torch threads for the stages that run alone (adaptation, pre-training): every core by default."""
+    import os
+
+    return int(cfg.offline_threads or os.cpu_count() or 1)
+
+
 def adapt_progress_model(cfg, run: Path, demo_store: Path):
     """Stage 2: the progress model, fine-tuned on ONE demonstration (``reward.adapt_steps``)."""
     from omegaconf import OmegaConf
@@ -115,7 +122,7 @@ def adapt_progress_model(cfg, run: Path, demo_store: Path):
     rm_cfg = OmegaConf.merge(base, {
         "init": str(cfg.reward.model), "data": str(demo_store), "out": str(out), "max_episodes_per_task": 1,
         "steps": int(cfg.reward.adapt_steps), "lr": float(cfg.reward.adapt_lr), "val_every_nth": 0,
-        "checkpoint_every": 50, "seed": int(cfg.seed), "num_threads": int(cfg.threads),
+        "checkpoint_every": 50, "seed": int(cfg.seed), "num_threads": offline_threads(cfg),
     })
     model = train_rm(rm_cfg)
     (out / "adapted.done").write_text(json.dumps({"from": str(cfg.reward.model), "steps": int(cfg.reward.adapt_steps)}))
@@ -401,6 +408,7 @@ def run(cfg, run_dir: str | Path) -> dict:
     # -- stage 3: pre-training on the demonstrations ------------------------------------------
     if state.phase == "pretrain":
         t0 = time.perf_counter()
+        torch.set_num_threads(offline_threads(cfg))
         if use_demos:
             for step in tqdm(range(int(cfg.pretrain.bc_steps)), desc="BC warm start", unit="step"):
                 b = offline.sample(int(cfg.agent.batch_size), rng, agent.device)
@@ -420,6 +428,7 @@ def run(cfg, run_dir: str | Path) -> dict:
         run_eval(eval_seeds)
         checkpoint()
     agent.cql_alpha = float(cfg.online.cql_alpha)
+    torch.set_num_threads(int(cfg.threads))
 
     # -- stage 4: online fine-tuning ------------------------------------------------------------
     n_episodes = int(cfg.online.episodes) if cfg.algo != "bc" else 0

@@ -1,0 +1,190 @@
+"""Learning benchmark: stepwise-train on held-out tasks, progress-shaped against sparse rewards, with
+the simulator's dense reward and a privileged oracle potential as references; and the demonstration
+curve (1, 2, 5, 10 policy demonstrations).
+
+    python benchmarks/learning.py                      # the plan below, 2 runs at a time, resumable
+    python benchmarks/learning.py --only progress --tasks drawer-open push --seeds 0
+    python benchmarks/learning.py --table-only         # rebuild the table from finished runs
+
+Each run is one `stepwise-train` process (1 torch thread) in ``--runs/<name>``; a finished run
+(report.json present) is skipped, an unfinished one resumes. After every finished run the table
+``benchmarks/results/learning.md`` (+ ``learning.json``, ``learning.png``) is rewritten from all
+finished runs, so a partial benchmark still reports what it measured.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+TASKS = ["drawer-open", "door-open", "button-press-topdown", "window-close", "push", "pick-place"]
+VARIANTS = {  # name -> stepwise-train overrides
+    "progress": ["reward.shaping=progress"],
+    "sparse": ["reward.shaping=none"],
+    "dense": ["reward.source=sim_dense", "reward.shaping=none"],
+    "oracle": ["reward.shaping=oracle"],
+}
+CHECKPOINTS = (10, 20, 50, 100, 150)
+
+
+def plan(args) -> list[tuple[str, list[str]]]:
+    """(run name, overrides), in the order they run: what matters most first."""
+    runs = []
+    seeds = [int(s) for s in args.seeds]
+    variants = args.only or ["progress", "sparse", "oracle", "dense"]
+    for seed in seeds:
+        for variant in variants:
+            if variant in ("dense", "oracle") and seed != seeds[0]:
+                continue  # references: one seed
+            for task in args.tasks:
+                runs.append((f"{task}__{variant}__s{seed}", [f"task=metaworld/{task}", f"seed={seed}", *VARIANTS[variant]]))
+    if args.demo_curve:
+        for task in ("drawer-open", "push"):
+            for demos in (1, 2, 10):  # 5 demonstrations: the progress runs above
+                runs.append((f"{task}__progress__s0__demos{demos}",
+                             [f"task=metaworld/{task}", "seed=0", f"demos={demos}", *VARIANTS["progress"]]))
+    return [(n, o) for n, o in runs if n not in set(args.skip or [])]
+
+
+def run_one(name: str, overrides: list[str], runs_dir: Path, extra: list[str]) -> dict | None:
+    out = runs_dir / name
+    if (out / "report.json").exists():
+        return json.loads((out / "report.json").read_text())
+    resume = ["resume=true"] if (out / "checkpoint.pt").exists() else []
+    cmd = [str(BIN / "stepwise-train"), *overrides, "threads=1", "offline_threads=1", f"hydra.run.dir={out}",
+           *resume, *extra]
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.time()
+    with open(out / "stdout.log", "a") as log:
+        proc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+    print(f"{name}: rc {proc.returncode} in {time.time() - t0:.0f} s", flush=True)
+    return json.loads((out / "report.json").read_text()) if (out / "report.json").exists() else None
+
+
+def success_at(report: dict, episode: int) -> float | None:
+    """Eval success rate at the evaluation nearest at or before ``episode`` online episodes."""
+    rows = [e for e in report["evals"] if e["episode"] <= episode]
+    return rows[-1]["success_rate"] if rows and report["online_episodes"] >= episode else None
+
+
+def write_table(runs_dir: Path, out: Path) -> None:
+    import numpy as np
+
+    reports = {}
+    for d in sorted(runs_dir.iterdir()) if runs_dir.exists() else []:
+        if (d / "report.json").exists():
+            reports[d.name] = json.loads((d / "report.json").read_text())
+    if not reports:
+        return
+    cpu = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")), "?")
+    fmt = lambda v: "-" if v is None else f"{v:.2f}"  # noqa: E731
+    lines = [
+        "# Learning benchmark: stepwise-train on held-out tasks", "",
+        f"Written {time.strftime('%Y-%m-%d %H:%M')} by `benchmarks/learning.py` on {os.cpu_count()} CPU cores ({cpu}); "
+        "two runs side by side, 1 torch thread each. Every run: 5 scripted demonstrations (demo split) for the "
+        "policy, the progress model adapted on ONE of them (150 steps), BC warm start 500 steps + Cal-QL "
+        "pre-training 1000 steps, then online SAC (2 critics, 256x256, update ratio 1, BC term) on the train split, "
+        "episodes of at most 200 steps ended at success (+10). Evaluation: deterministic policy on the eval split "
+        "(variants never seen in demos or training), 10 episodes every 10 online episodes; `final` = 50 episodes "
+        "after the last online episode.", "",
+        "Variants: `progress` = sparse success + lambda 5 shaping from the adapted step-PRM (forward perspective); "
+        "`sparse` = success reward only; `dense` = Meta-World's hand-written dense reward (reference); `oracle` = "
+        "sparse + shaping from a privileged simulator potential (the dense reward / 10), the ceiling a learned "
+        "progress model can approach.", "",
+        "| run | " + " | ".join(f"@{c}" for c in CHECKPOINTS) + " | final (50 eps) | first 100% at | hacking eps | wall min |",
+        "|---|" + "---|" * (len(CHECKPOINTS) + 4),
+    ]
+    for name, r in reports.items():
+        lines.append(f"| {name} | " + " | ".join(fmt(success_at(r, c)) for c in CHECKPOINTS)
+                     + f" | {r['final_success_rate']:.2f} | {r['first_episode_at_full_success']} | "
+                       f"{r['hacking_monitor']['episodes']}/{r['hacking_monitor']['of']} | {r['wall_time_s'] / 60:.1f} |")
+    # means per variant over tasks and seeds (5 demos only)
+    lines += ["", "Means over every finished 5-demonstration run of a variant:", "",
+              "| variant | runs | " + " | ".join(f"@{c}" for c in CHECKPOINTS) + " | final |", "|---|---|" + "---|" * (len(CHECKPOINTS) + 1)]
+    summary = {}
+    for variant in VARIANTS:
+        rs = [r for n, r in reports.items() if f"__{variant}__" in n and "__demos" not in n]
+        if not rs:
+            continue
+        cells = []
+        for c in CHECKPOINTS:
+            vals = [success_at(r, c) for r in rs]
+            vals = [v for v in vals if v is not None]
+            cells.append(float(np.mean(vals)) if vals else None)
+        final = float(np.mean([r["final_success_rate"] for r in rs]))
+        summary[variant] = {"runs": len(rs), "at": dict(zip(CHECKPOINTS, cells)), "final": final}
+        lines.append(f"| {variant} | {len(rs)} | " + " | ".join(fmt(v) for v in cells) + f" | {final:.2f} |")
+    demo_runs = {n: r for n, r in reports.items() if "__progress__s0" in n}
+    curve = [(t, r["demos"], r["final_success_rate"], success_at(r, 50), r["first_episode_at_full_success"])
+             for n, r in demo_runs.items() for t in [r["task"].split("/")[1]] if t in ("drawer-open", "push")]
+    if any(d != 5 for _, d, *_ in curve):
+        lines += ["", "Demonstration curve (progress shaping, seed 0):", "",
+                  "| task | demos | @50 | final (50 eps) | first 100% at |", "|---|---|---|---|---|"]
+        for t, d, f, s50, first in sorted(curve):
+            lines.append(f"| {t} | {d} | {fmt(s50)} | {f:.2f} | {first} |")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text("\n".join(lines) + "\n")
+    out.with_suffix(".json").write_text(json.dumps({"summary": summary, "runs": reports}, indent=1, default=str))
+    plot(reports, out.with_suffix(".png"))
+
+
+def plot(reports: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    tasks = sorted({r["task"] for n, r in reports.items() if "__demos" not in n})
+    fig, axes = plt.subplots(1, max(1, len(tasks)), figsize=(3.2 * max(1, len(tasks)), 3), squeeze=False)
+    colors = {"progress": "C0", "sparse": "C1", "dense": "C2", "oracle": "C3"}
+    for ax, task in zip(axes[0], tasks):
+        for name, r in reports.items():
+            if r["task"] != task or "__demos" in name:
+                continue
+            variant = name.split("__")[1]
+            ax.plot([e["episode"] for e in r["evals"]], [e["success_rate"] for e in r["evals"]],
+                    color=colors.get(variant, "k"), alpha=0.8, label=variant)
+        handles, labels = ax.get_legend_handles_labels()
+        uniq = dict(zip(labels, handles))
+        ax.legend(uniq.values(), uniq.keys(), fontsize=7, loc="lower right")
+        ax.set(title=task.split("/")[1], xlabel="online episodes", ylim=(-0.05, 1.05))
+    axes[0][0].set_ylabel("eval success")
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tasks", nargs="+", default=TASKS)
+    parser.add_argument("--seeds", nargs="+", default=["0", "1"])
+    parser.add_argument("--only", nargs="+", choices=sorted(VARIANTS), help="variants to run (default: all)")
+    parser.add_argument("--demo-curve", action="store_true", help="also 1, 2, 10 demonstrations on drawer-open and push")
+    parser.add_argument("--parallel", type=int, default=2)
+    parser.add_argument("--skip", nargs="+", help="run names to leave out (e.g. ones running elsewhere)")
+    parser.add_argument("--runs", default=str(ROOT / "runs" / "bench_learning"))
+    parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "learning.md"))
+    parser.add_argument("--table-only", action="store_true")
+    parser.add_argument("extra", nargs="*", help="extra stepwise-train overrides for every run")
+    args = parser.parse_args()
+    runs_dir, out = Path(args.runs), Path(args.out)
+    if not args.table_only:
+        with ThreadPoolExecutor(args.parallel) as pool:
+            futures = [pool.submit(run_one, name, ov, runs_dir, args.extra) for name, ov in plan(args)]
+            for f in futures:
+                f.result()
+                write_table(runs_dir, out)
+    write_table(runs_dir, out)
+    print(out.read_text() if out.exists() else "no finished runs")
+
+
+if __name__ == "__main__":
+    main()
