@@ -1,6 +1,6 @@
 """SAC update throughput on CPU: this project's `policies.sac.SAC` against Stable-Baselines3's SAC.
 
-Run: ``.venv/bin/python benchmarks/sac_speed.py`` (about 4 minutes at the default 5 s per loop;
+Run: ``.venv/bin/python benchmarks/sac_speed.py`` (about 5 minutes at the default 5 s per loop;
 needs ``pip install stable-baselines3``). Prints a table and writes it to
 ``benchmarks/results/sac_speed.md``. Both agents learn from replay buffers holding the same
 100,000 random Meta-World-sized transitions (39 state dims, 4 action dims), batch 256, on the
@@ -152,7 +152,9 @@ def main() -> None:
     ]
     load_before = os.getloadavg()
     rates: dict[tuple[int, int], list[float]] = {}
+    section_load: dict[int, float] = {}  # 1-minute load average as each thread count's loops began
     for threads in args.threads:
+        section_load[threads] = os.getloadavg()[0]
         torch.set_num_threads(threads)
         for c in contenders:  # warm up: allocator, Adam state, thread pool
             timed(c.step, min(1.0, args.seconds))
@@ -170,7 +172,8 @@ def main() -> None:
             ratio = rate / sb3[c.width]
             rows.append(
                 f"| {c.agent} | {c.critics} | {c.width}x{c.width} | {'yes' if c.layer_norm else 'no'} | {c.utd} "
-                f"| {threads} | {rate:.0f} ({min(runs):.0f}-{max(runs):.0f}) | {rate * c.utd:.0f} | {ratio:.2f}x |"
+                f"| {threads} | {section_load[threads]:.1f} | {rate:.0f} ({min(runs):.0f}-{max(runs):.0f}) "
+                f"| {rate * c.utd:.0f} | {ratio:.2f}x |"
             )
     header = (
         f"# SAC update throughput (CPU)\n\n"
@@ -181,10 +184,14 @@ def main() -> None:
         f"Observations {OBS_DIM}-d, actions {ACT_DIM}-d, batch {BATCH}, replay of {BUFFER:,} random transitions; "
         f"every rate includes sampling the batch from replay. An update is what one env step buys: utd critic "
         f"steps, then one actor and one temperature step (SB3: one gradient step). Median of {args.repeats} "
-        f"loops of {args.seconds:g} s (min-max in brackets), interleaved across rows. Ratio: updates/s against SB3 of the same width "
-        f"and threads. Ours has LayerNorm in the critics by default; the 'no' row matches SB3's networks.\n\n"
-        "| agent | critics | width | LayerNorm | utd | threads | updates/s | critic steps/s | vs SB3 |\n"
-        "|---|---|---|---|---|---|---|---|---|\n"
+        f"loops of {args.seconds:g} s (min-max in brackets), interleaved across rows. Ratio: updates/s against "
+        f"SB3 of the same width and threads. Ours has LayerNorm in the critics by default; the 'no' row matches SB3's networks. "
+        f"'load' is the 1-minute load average as that thread count's loops began (after the first thread count "
+        f"it includes about 1 from this benchmark itself): where threads + the others' load exceed "
+        f"the {os.cpu_count()} cores, other processes hold cores this run's threads wait on, and the rates "
+        f"measure that contention more than the agents.\n\n"
+        "| agent | critics | width | LayerNorm | utd | threads | load | updates/s | critic steps/s | vs SB3 |\n"
+        "|---|---|---|---|---|---|---|---|---|---|\n"
     )
     table = header + "\n".join(rows) + "\n"
     print(table)

@@ -7,6 +7,7 @@ Batch contract of `policies.image_sac.ImageSAC.update` (torch tensors on the req
     reward     float32 (n,)
     next_obs   {"images": uint8 (n, V, H, W, 3), "proprio": float32 (n, P)}
     terminated float32 (n,) 1.0 only at true terminals (a time-limit truncation is stored as 0)
+    mc_return  float32 (n,) Monte-Carlo return-to-go, Cal-QL's lower bound; -inf where unknown (no bound)
     demo       float32 (n,) 1.0 on offline rows; only from `MixedImageReplay`
 Views V follow the buffer's ``cameras`` order; images stay channels-last uint8 as the env gives
 them, so a batch travels to the GPU at a quarter of float32's size (the agent converts there).
@@ -33,7 +34,7 @@ from policies.replay import _store_files
 
 __all__ = ["ImageReplayBuffer", "MixedImageReplay", "load_offline_images", "resize_frames", "image_hw"]
 
-_ROW_FIELDS = ("images", "proprio", "action", "reward", "terminated", "valid")
+_ROW_FIELDS = ("images", "proprio", "action", "reward", "terminated", "mc_return", "valid")
 
 
 def image_hw(image_size: int | Sequence[int]) -> tuple[int, int]:
@@ -85,6 +86,7 @@ class ImageReplayBuffer:
         self.action = np.zeros((capacity, act_dim), np.float32)  # rows: the transition leaving frame i
         self.reward = np.zeros((capacity,), np.float32)
         self.terminated = np.zeros((capacity,), np.float32)
+        self.mc_return = np.full((capacity,), -np.inf, np.float32)  # -inf: unknown, no Cal-QL bound
         self.valid = np.zeros((capacity,), bool)  # row i is a transition whose next frame is row i+1
         self.pos = 0  # next row to write
         self.filled = 0  # rows written so far, at most capacity
@@ -117,14 +119,17 @@ class ImageReplayBuffer:
         rows = (self.pos + np.arange(len(images))) % self.capacity
         self.size -= int(self.valid[rows].sum())  # transitions starting at overwritten rows are gone
         self.valid[rows] = False
+        self.mc_return[rows] = -np.inf
         self.images[rows] = images
         self.proprio[rows] = proprio
         self.pos = int((self.pos + len(images)) % self.capacity)
         self.filled = min(self.filled + len(images), self.capacity)
         return rows
 
-    def add(self, obs: Mapping, action: np.ndarray, reward: float, next_obs: Mapping, terminated: bool) -> None:
-        """Add one transition. ``terminated``: true terminal only (pass False on time-limit truncation)."""
+    def add(self, obs: Mapping, action: np.ndarray, reward: float, next_obs: Mapping, terminated: bool,
+            mc_return: float = -np.inf) -> None:
+        """Add one transition. ``terminated``: true terminal only (pass False on time-limit truncation);
+        ``mc_return``: its Monte-Carlo return-to-go if known (Cal-QL's bound), else -inf."""
         images, proprio = self._frame(obs, "obs")
         next_images, next_proprio = self._frame(next_obs, "next_obs")
         action = check_action(action, self.act_dim, "action")
@@ -134,18 +139,20 @@ class ImageReplayBuffer:
         else:
             i = int(self._write_frames(images[None], proprio[None])[0])
         self.action[i], self.reward[i], self.terminated[i] = action, reward, float(terminated)
+        self.mc_return[i] = mc_return
         self._last = int(self._write_frames(next_images[None], next_proprio[None])[0])  # row i+1
         self.valid[i] = True
         self.size += 1
 
     def add_episode(self, images: Mapping[str, np.ndarray] | np.ndarray, proprio: np.ndarray, actions: np.ndarray,
-                    rewards: np.ndarray, terminated: np.ndarray) -> None:
+                    rewards: np.ndarray, terminated: np.ndarray, mc_return: np.ndarray | None = None) -> None:
         """Add a whole episode of T transitions.
 
         Args:
             images: camera -> uint8 (T+1, H, W, 3), or uint8 (T+1, V, H, W, 3) in the buffer's camera order.
             proprio: float (T+1, P). actions: float (T, A). rewards: float (T,).
             terminated: (T,) bool or 0/1, true terminals only.
+            mc_return: float (T,) Monte-Carlo returns-to-go (Cal-QL's lower bound), or None: unknown (-inf).
         If T+1 > capacity only the newest ``capacity`` frames (and their transitions) are kept.
         """
         images = check_views(images, self.cameras, self.image_size, "images", batched=True)
@@ -154,6 +161,8 @@ class ImageReplayBuffer:
         cols = {"actions": (np.asarray(actions, np.float32), (T, self.act_dim)),
                 "rewards": (np.asarray(rewards, np.float32), (T,)),
                 "terminated": (np.asarray(terminated, np.float32), (T,)),
+                "mc_return": (np.full(T, -np.inf, np.float32) if mc_return is None
+                              else np.asarray(mc_return, np.float32), (T,)),
                 "proprio": (proprio, (T + 1, self.proprio_dim))}
         for name, (v, want) in cols.items():
             if v.shape != want:
@@ -166,6 +175,7 @@ class ImageReplayBuffer:
         rows = self._write_frames(images[drop:], proprio[drop:])
         self.action[rows[:-1]], self.reward[rows[:-1]] = actions[drop:], rewards[drop:]
         self.terminated[rows[:-1]] = terminated[drop:]
+        self.mc_return[rows[:-1]] = cols["mc_return"][0][drop:]
         self.valid[rows[:-1]] = True
         self.size += len(rows) - 1
         self._last = int(rows[-1])
@@ -186,25 +196,34 @@ class ImageReplayBuffer:
             "reward": t(self.reward[idx]),
             "next_obs": {"images": t(self.images[nxt]), "proprio": t(self.proprio[nxt])},
             "terminated": t(self.terminated[idx]),
+            "mc_return": t(self.mc_return[idx]),
         }
 
     def save(self, path: str | os.PathLike) -> None:
-        """Write the whole ring (uncompressed .npz: frames barely compress and gzip is slow at GBs)."""
+        """Write the ring's written rows (uncompressed .npz: frames barely compress and gzip is slow at GBs).
+
+        Rows are written from 0 upwards until the ring wraps, so rows [filled, capacity) were never
+        written and are not saved: a mostly empty buffer of large capacity saves small. A path without
+        ``.npz`` gets it appended (numpy's rule)."""
         meta = {"cameras": np.array(self.cameras), "image_size": np.array(self.image_size),
+                "capacity": np.array(self.capacity),
                 "ring": np.array([self.pos, self.filled, self.size, -1 if self._last is None else self._last])}
-        np.savez(path, **meta, **{k: getattr(self, k) for k in _ROW_FIELDS})
+        np.savez(path, **meta, **{k: getattr(self, k)[: self.filled] for k in _ROW_FIELDS})
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "ImageReplayBuffer":
         """Read a buffer written by `save`; sampling continues exactly where it was."""
         with np.load(path) as z:
-            missing = [k for k in (*_ROW_FIELDS, "cameras", "image_size", "ring") if k not in z]
+            missing = [k for k in (*_ROW_FIELDS, "cameras", "image_size", "ring") if k not in z and k != "mc_return"]
             if missing:
                 raise ValueError(f"{str(path)!r} lacks {missing}: not written by ImageReplayBuffer.save")
+            # older files hold the whole ring and no capacity; older ones also no mc_return (stays -inf)
+            capacity = int(z["capacity"]) if "capacity" in z else len(z["valid"])
             buf = cls(z["cameras"].tolist(), z["image_size"].tolist(), z["proprio"].shape[1], z["action"].shape[1],
-                      len(z["valid"]))
+                      capacity)
             for k in _ROW_FIELDS:
-                getattr(buf, k)[:] = z[k]
+                if k in z:
+                    getattr(buf, k)[: len(z[k])] = z[k]
             buf.pos, buf.filled, buf.size, last = (int(v) for v in z["ring"])
             buf._last = None if last < 0 else last
         return buf
@@ -254,7 +273,8 @@ def check_action(action: np.ndarray, act_dim: int, name: str, batched: bool = Fa
 class MixedImageReplay:
     """RLPD's symmetric sampling over image buffers (as `policies.replay.MixedReplay`): each batch
     takes ``offline_fraction`` of its rows from ``offline`` and the rest from ``online``; all rows
-    come from ``offline`` while ``online`` is empty. Batches carry ``demo`` (n,) = 1.0 on offline rows.
+    come from ``offline`` while ``online`` is empty. Batches carry ``demo`` (n,) = 1.0 on offline rows
+    and both buffers' ``mc_return``.
     """
 
     def __init__(self, offline: ImageReplayBuffer, online: ImageReplayBuffer, offline_fraction: float = 0.5) -> None:

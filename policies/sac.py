@@ -59,6 +59,11 @@ class SACConfig:
     """initial entropy temperature alpha (RLPD 1.0; SERL 0.01)"""
     target_entropy: float | None = None
     """entropy the temperature steers towards; None = -|A| (RLPD uses -|A|/2)"""
+    backup_entropy: bool = True
+    """include -alpha log pi(a'|s') in the critic's target (SAC, RLPD); Cal-QL and SERL leave it out,
+    which keeps Q on the scale of the task's returns when the policy's entropy turns negative"""
+    bc_q_floor: float = 1.0
+    """TD3+BC divides the RL term by mean|Q|; below this floor the floor is used (Q near 0 would blow the RL term up)"""
     bc_weight: float = 0.0
     """TD3+BC's alpha: actor loss = (bc_weight / mean|Q|) * SAC loss + MSE to demo actions; 0 = no BC term"""
     cql_alpha: float = 0.0
@@ -94,6 +99,8 @@ class SACConfig:
                 f"need cql_alpha >= 0, cql_n_actions >= 1, cql_temperature > 0; got {self.cql_alpha}, "
                 f"{self.cql_n_actions}, {self.cql_temperature}"
             )
+        if self.bc_q_floor <= 0:
+            raise ValueError(f"bc_q_floor must be > 0, got {self.bc_q_floor}")
         if self.init_temperature <= 0 or self.bc_weight < 0:
             raise ValueError(
                 f"init_temperature must be > 0 and bc_weight >= 0, got {self.init_temperature}, {self.bc_weight}"
@@ -238,14 +245,17 @@ class SAC:
     # -- the learning step ----------------------------------------------------------------
 
     def critic_target_values(self, reward: torch.Tensor, next_obs: torch.Tensor, terminated: torch.Tensor) -> torch.Tensor:
-        """y = r + gamma * (1 - terminated) * (min_{subset} Q'(s', a') - alpha log pi(a'|s')), a' ~ pi(s'); (B,)."""
+        """y = r + gamma * (1 - terminated) * (min_{subset} Q'(s', a') - alpha log pi(a'|s')), a' ~ pi(s'); (B,).
+        Without ``backup_entropy`` the entropy term is left out of the target."""
         with torch.no_grad():
             next_action, next_logp, _ = self.actor.sample(next_obs)
             q_next = self.critic_target(next_obs, next_action)  # (E, B)
             if self.cfg.critic_subsample is not None:  # RLPD: min over a random subset of the ensemble
                 idx = torch.randperm(self.cfg.num_critics, device=self.device)[: self.cfg.critic_subsample]
                 q_next = q_next[idx]
-            v_next = q_next.min(dim=0).values - self.log_alpha.exp() * next_logp
+            v_next = q_next.min(dim=0).values
+            if self.cfg.backup_entropy:
+                v_next = v_next - self.log_alpha.exp() * next_logp
             return reward + self.cfg.gamma * (1.0 - terminated) * v_next
 
     def conservative_penalty(self, obs: torch.Tensor, next_obs: torch.Tensor, q_data: torch.Tensor,
@@ -338,7 +348,7 @@ class SAC:
         if demo is not None and demo.sum() > 0:
             bc_loss = (((action - mb["action"]) ** 2).sum(-1) * demo).sum() / demo.sum()
         if cfg.bc_weight > 0:  # TD3+BC: scale the RL term by bc_weight / mean|Q| so BC's pull is scale-free
-            actor_loss = cfg.bc_weight / q_pi.abs().mean().detach().clamp_min(1e-6) * actor_loss + self.bc_coef * bc_loss
+            actor_loss = cfg.bc_weight / q_pi.abs().mean().detach().clamp_min(cfg.bc_q_floor) * actor_loss + self.bc_coef * bc_loss
         self.actor_opt.zero_grad(set_to_none=True)
         actor_loss.backward()
         self.actor_opt.step()

@@ -15,6 +15,13 @@ The job, in order (each stage resumes after a kill):
    ``checkpoint.pt`` (everything a resume needs: agent with optimisers and temperature, online
    replay, counters, random states, history).
 
+The policy (``policy``): ``state`` is SAC on the simulator's 39-d state (privileged, a simulation
+ceiling); ``image`` is ImageSAC on camera frames + proprio, the path that runs on a robot. The image
+policy never reads the state: its envs are made without it. Its frames are the env's, rendered at
+the reward model's size when a camera-based reward needs them, and resized per step to
+``policy_image_size`` (bilinear, antialiased); without such a reward they are rendered at the
+policy's size directly. Its online replay (frames stored once) is saved beside ``checkpoint.pt``.
+
 Rewards: r = success_reward on the success step (a true terminal) else 0 (``reward.source=sparse``),
 or from a reward model's P(done) (``success_prob``), or Meta-World's dense reward (``sim_dense``,
 comparison runs only); plus lambda (gamma Phi(s') - Phi(s)) with Phi from the progress model
@@ -27,8 +34,10 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import sys
 import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,6 +51,7 @@ CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 ALGOS = ("calql", "sac", "bc")
 SOURCES = ("sparse", "success_prob", "sim_dense")
 SHAPINGS = ("progress", "oracle", "none")
+POLICIES = ("state", "image")
 CHECKPOINT_VERSION = 1
 
 
@@ -75,6 +85,30 @@ def check_config(cfg) -> None:
             f"reward.perspective={cfg.reward.perspective!r}: shaping needs a state-only perspective "
             "(forward or backward); incremental and fused depend on the history"
         )
+    if cfg.policy not in POLICIES:
+        raise TrainConfigError(f"policy={cfg.policy!r} unknown: use one of {POLICIES}")
+    if cfg.policy == "image":
+        check_image_policy(cfg)
+
+
+def check_image_policy(cfg) -> None:
+    """policy=image: an even image size the encoder can read, distinct cameras, valid encoder fields."""
+    from policies.image_sac import PixelEncoder
+
+    size = int(cfg.policy_image_size)
+    if size < 8 or size % 2:
+        raise TrainConfigError(f"policy_image_size={size}: use an even size >= 8 (e.g. 32 or 64)")
+    cams = cfg.policy_cameras
+    if cams is not None and (isinstance(cams, str) or len(cams) == 0 or len(set(cams)) != len(cams)):
+        raise TrainConfigError(f"policy_cameras={cams}: give a list of distinct camera names "
+                               "(e.g. [corner,gripperPOV]), or null for the reward model's rig")
+    config = image_agent_config(cfg)
+    try:  # the conv trunk must leave at least one pixel
+        PixelEncoder(1, (size, size), 1, config.encoder_channels, config.encoder_strides, config.feature_dim,
+                     config.proprio_features)
+    except ValueError as err:
+        raise TrainConfigError(f"policy_image_size={size} with encoder.encoder_strides={list(config.encoder_strides)}: "
+                               f"{err}") from err
 
 
 # --------------------------------------------------------------------------- stages 1-2: demos, model
@@ -143,13 +177,45 @@ def oracle_potential(dense_rewards: np.ndarray) -> np.ndarray:
 class EpisodeRecord:
     """One finished episode as the learner needs it (T actions, T+1 observations)."""
 
-    obs: np.ndarray                      # (T+1, S) policy observations
+    obs: np.ndarray | None               # (T+1, S) the state policy's observations; None for the image policy
     actions: np.ndarray                  # (T, A)
     env_rewards: np.ndarray              # (T,) from the env (sparse / classifier / dense)
     terminated: np.ndarray               # (T,) true terminal after action t
     success: bool                        # simulator ground truth (never learned from with success_prob)
     frames: dict[str, np.ndarray]        # camera -> (T+1, H, W, 3), empty without a camera-based potential
     dense: np.ndarray                    # (T+1,) simulator dense reward per frame (oracle potential)
+    proprio: np.ndarray | None = None    # (T+1, P) float32, image policy only
+    policy_frames: dict[str, np.ndarray] = field(default_factory=dict)  # image policy: camera -> uint8 (T+1, h, w, 3)
+
+
+class PolicyView:
+    """What the image policy sees of an env observation: its cameras at its image size, and proprio.
+
+    Frames of another size (rendered for the reward model) are resized, all cameras in one call
+    (`policies.image_replay.resize_frames`: bilinear, antialiased); the privileged ``state`` is never read.
+    """
+
+    def __init__(self, cameras: Sequence[str], image_size: int) -> None:
+        self.cameras = [str(c) for c in cameras]
+        self.image_size = (int(image_size), int(image_size))
+
+    def frames(self, images: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """camera -> uint8 (H, W, 3) or (T, H, W, 3) at any size -> the policy's cameras at its size."""
+        from policies.image_replay import resize_frames
+
+        stack = np.stack([images[c] for c in self.cameras])  # (V, [T,] H, W, 3)
+        lead = stack.shape[:-3]
+        small = resize_frames(stack.reshape(-1, *stack.shape[-3:]), self.image_size)
+        return dict(zip(self.cameras, small.reshape(*lead, *self.image_size, 3)))
+
+    def __call__(self, obs: Mapping) -> dict:
+        """An env observation -> ImageSAC.act's input {"images": {camera: uint8 (h, w, 3)}, "proprio": float32 (P,)}."""
+        return {"images": self.frames(obs["images"]), "proprio": np.asarray(obs["proprio"], np.float32)}
+
+
+def state_view(obs: Mapping) -> np.ndarray:
+    """What the state policy sees: the simulator's state (S,)."""
+    return obs["state"]
 
 
 class RewardPipeline:
@@ -173,7 +239,7 @@ class RewardPipeline:
             return episode_potentials(self.model, ep.frames, self.instruction, self.reference, self.cfg.reward.perspective)
         if kind == "oracle":
             return oracle_potential(ep.dense)
-        return np.zeros(len(ep.obs), np.float32)
+        return np.zeros(len(ep.actions) + 1, np.float32)
 
     def __call__(self, ep: EpisodeRecord) -> dict[str, np.ndarray]:
         """Shaped rewards with every term apart, plus Monte-Carlo returns of the shaped rewards."""
@@ -194,13 +260,18 @@ class RewardPipeline:
         }
 
 
-def demo_records(store_path: Path, cameras: list[str], success_reward: float) -> list[EpisodeRecord]:
-    """The demonstrations as episode records, cut at their first success (a true terminal)."""
+def demo_records(store_path: Path, cameras: list[str], success_reward: float,
+                 view: PolicyView | None = None) -> list[EpisodeRecord]:
+    """The demonstrations as episode records, cut at their first success (a true terminal).
+
+    ``cameras``: frames for the reward model, as stored. ``view`` (the image policy): the records
+    carry its frames resized to its size and the proprio instead of the state."""
     from episodes import EpisodeStore
     from policies.replay import success_cut
 
     records = []
-    with EpisodeStore(store_path, cameras=cameras) as store:
+    load = list(dict.fromkeys([*cameras, *(view.cameras if view is not None else [])]))
+    with EpisodeStore(store_path, cameras=load) as store:
         for i in range(len(store)):
             ep = store[i]
             end, solved = success_cut(ep.infos.get("success", np.zeros(ep.num_steps)))
@@ -209,10 +280,14 @@ def demo_records(store_path: Path, cameras: list[str], success_reward: float) ->
             rewards = np.where(terminated, success_reward, 0.0).astype(np.float32)
             dense = ep.infos.get("sim/dense_reward", ep.infos.get("dense_reward", np.zeros(ep.num_steps)))
             dense = np.concatenate([[0.0], np.asarray(dense, np.float32)[:end]])
-            records.append(EpisodeRecord(
-                obs=ep.state[: end + 1], actions=np.clip(ep.actions[:end], -1, 1), env_rewards=rewards,
-                terminated=terminated, success=solved, frames={c: ep.images[c][: end + 1] for c in cameras},
-                dense=dense))
+            rec = EpisodeRecord(
+                obs=ep.state[: end + 1] if view is None else None, actions=np.clip(ep.actions[:end], -1, 1),
+                env_rewards=rewards, terminated=terminated, success=solved,
+                frames={c: ep.images[c][: end + 1] for c in cameras}, dense=dense)
+            if view is not None:
+                rec.proprio = np.asarray(ep.proprio[: end + 1], np.float32)
+                rec.policy_frames = view.frames({c: ep.images[c][: end + 1] for c in view.cameras})
+            records.append(rec)
     return records
 
 
@@ -246,14 +321,50 @@ def make_agent(cfg, obs_dim: int, act_dim: int):
         raise TrainConfigError(f"agent settings: {err}; see policies.sac.SACConfig for the fields") from err
 
 
-def evaluate(agent, env, seeds: list[int]) -> dict:
-    """Deterministic episodes on ``env`` (eval split, no cameras): success rate and lengths."""
+def image_agent_config(cfg):
+    """`ImageSACConfig` from ``agent`` (the SACConfig fields) plus ``encoder`` (the pixel encoder's)."""
+    from omegaconf import OmegaConf
+
+    from policies.image_sac import ImageSACConfig
+
+    fields = {**OmegaConf.to_container(cfg.agent, resolve=True), **OmegaConf.to_container(cfg.encoder, resolve=True)}
+    fields["hidden_sizes"] = tuple(fields["hidden_sizes"])
+    fields["encoder_strides"] = tuple(fields["encoder_strides"])
+    fields["device"] = cfg.device
+    try:
+        return ImageSACConfig(**fields)
+    except (TypeError, ValueError) as err:
+        raise TrainConfigError(
+            f"agent/encoder settings: {err}; see policies.image_sac.ImageSACConfig for the fields") from err
+
+
+def make_image_agent(cfg, view: PolicyView, proprio_dim: int, act_dim: int):
+    """ImageSAC over ``view``'s cameras at its image size, plus proprio."""
+    from policies.image_sac import ImageSAC
+
+    return ImageSAC(view.cameras, view.image_size, proprio_dim, act_dim, image_agent_config(cfg))
+
+
+def add_to_replay(buffer, rec: EpisodeRecord, terms: dict) -> None:
+    """A scored episode into replay: state transitions, or (image policy) its frames + proprio, each stored once."""
+    from policies.image_replay import ImageReplayBuffer
+
+    if isinstance(buffer, ImageReplayBuffer):
+        buffer.add_episode(rec.policy_frames, rec.proprio, rec.actions, terms["reward"], rec.terminated,
+                           terms["mc_return"])
+    else:
+        buffer.add_batch(rec.obs[:-1], rec.actions, terms["reward"], rec.obs[1:], rec.terminated, terms["mc_return"])
+
+
+def evaluate(agent, env, seeds: list[int], observe: Callable[[Mapping], Any] = state_view) -> dict:
+    """Deterministic episodes on ``env`` (eval split): success rate and lengths. ``observe``: env
+    observation -> the policy's input (`state_view`, or the image policy's `PolicyView`)."""
     successes, lengths = [], []
     for s in seeds:
         obs, _ = env.reset(seed=int(s))
         done, steps, success = False, 0, False
         while not done:
-            obs, _, term, trunc, info = env.step(agent.act(obs["state"], deterministic=True))
+            obs, _, term, trunc, info = env.step(agent.act(observe(obs), deterministic=True))
             steps += 1
             success = success or bool(info["sim/success"])
             done = term or trunc
@@ -262,21 +373,65 @@ def evaluate(agent, env, seeds: list[int]) -> dict:
     return {"success_rate": float(np.mean(successes)), "episodes": len(seeds), "mean_length": float(np.mean(lengths))}
 
 
+REPLAY_PREFIX = "online_replay_ep"  # the image policy's online replay: <prefix><episode>.npz beside checkpoint.pt
+
+
 def save_checkpoint(path: Path, agent, online, state: RunState, rng: np.random.Generator, cfg_dict: dict) -> None:
-    """Everything a resume needs, in ONE file written atomically (tmp + rename)."""
-    n = len(online)
-    order = (np.arange(n) + (online.pos - n)) % online.capacity
+    """Everything a resume needs, written atomically (tmp + rename).
+
+    The state policy's online replay is embedded in the checkpoint. The image policy's
+    (`ImageReplayBuffer`, GBs at full size) goes to its own file, named by the episode count and
+    written before the checkpoint that names it; older ones are deleted after. A kill at any point
+    leaves a checkpoint whose replay file is complete."""
+    from policies.image_replay import ImageReplayBuffer
+
     payload = {
         "version": CHECKPOINT_VERSION, "kind": "stepwise-train", "task": cfg_dict["task"],
+        "policy": cfg_dict.get("policy", "state"),
         "obs_dim": agent.obs_dim, "act_dim": agent.act_dim, "config": cfg_dict,
         "agent": agent.state_dict(), "state": state.__dict__,
-        "replay": {k: getattr(online, k)[order].copy() for k in ("obs", "action", "reward", "next_obs", "terminated", "mc_return")},
         "replay_capacity": online.capacity,
         "rng": rng.bit_generator.state, "torch_rng": torch.get_rng_state(),
     }
+    replay_file = None
+    if isinstance(online, ImageReplayBuffer):
+        replay_file = f"{REPLAY_PREFIX}{state.episode}.npz"
+        tmp_replay = path.parent / f"{REPLAY_PREFIX}{state.episode}.tmp.npz"  # numpy appends .npz to other names
+        online.save(tmp_replay)
+        os.replace(tmp_replay, path.parent / replay_file)
+        payload.update(replay=None, replay_file=replay_file, replay_size=len(online),
+                       replay_bytes=(path.parent / replay_file).stat().st_size)
+    else:
+        n = len(online)
+        order = (np.arange(n) + (online.pos - n)) % online.capacity
+        payload["replay"] = {k: getattr(online, k)[order].copy()
+                             for k in ("obs", "action", "reward", "next_obs", "terminated", "mc_return")}
     tmp = path.with_suffix(".tmp")
     torch.save(payload, tmp)
     tmp.replace(path)
+    if replay_file is not None:
+        for old in path.parent.glob(f"{REPLAY_PREFIX}*.npz"):
+            if old.name != replay_file:
+                old.unlink(missing_ok=True)
+
+
+def load_online_images(run: Path, ckpt: dict):
+    """The image policy's online replay that ``ckpt`` names, checked against the size it recorded."""
+    from policies.image_replay import ImageReplayBuffer
+
+    path = run / ckpt["replay_file"]
+    if not path.exists():
+        raise TrainConfigError(f"{path}, the online replay of {run / 'checkpoint.pt'}, is missing: restore it, "
+                               "or delete checkpoint.pt to start the run over")
+    try:
+        online = ImageReplayBuffer.load(path)
+    except Exception as err:  # truncated or not written by ImageReplayBuffer.save
+        raise TrainConfigError(f"{path} cannot be read ({err}); delete checkpoint.pt to start the run over") from err
+    if len(online) != ckpt["replay_size"]:
+        raise TrainConfigError(f"{path} holds {len(online)} transitions but the checkpoint recorded "
+                               f"{ckpt['replay_size']}: it belongs to another checkpoint; delete checkpoint.pt "
+                               "to start over")
+    return online
 
 
 def load_checkpoint(path: Path, cfg) -> dict:
@@ -293,6 +448,12 @@ def load_checkpoint(path: Path, cfg) -> dict:
         raise TrainConfigError(
             f"{path} is a run of {ckpt['task']}, not {cfg.task}: pass task={ckpt['task']} or another hydra.run.dir"
         )
+    theirs = ckpt.get("policy", "state")  # checkpoints from before the image policy are state runs
+    if theirs != cfg.policy:
+        raise TrainConfigError(
+            f"{path} is a run of the {theirs} policy, not policy={cfg.policy}: pass policy={theirs} to resume it, "
+            "or use another hydra.run.dir"
+        )
     return ckpt
 
 
@@ -303,6 +464,7 @@ def run(cfg, run_dir: str | Path) -> dict:
     from tqdm import tqdm
 
     import reward_models
+    from policies.image_replay import ImageReplayBuffer, MixedImageReplay
     from policies.replay import MixedReplay, ReplayBuffer
     from real import make_env
     from sim.tasks import get_task
@@ -335,14 +497,23 @@ def run(cfg, run_dir: str | Path) -> dict:
     model = reward_models.load(cfg.reward.model) if uses_model else None
     cameras = tuple(model.cameras) if model is not None else ("corner", "corner2", "gripperPOV")
     image_size = int(cfg.image_size or (model.image_size[0] if model is not None else 96))
-    demo_store = collect_demos(cfg, run, cameras, image_size)
+    # the env renders what the reward model scores; the image policy adds its cameras, rendered at
+    # the reward model's size and resized per step, or at its own size when no reward reads frames
+    image_policy = cfg.policy == "image"  # its envs carry no state: it cannot read what a robot lacks
+    view = PolicyView(cfg.policy_cameras or cameras, int(cfg.policy_image_size)) if image_policy else None
+    score_cams = list(cameras) if uses_model else []  # frames the reward model scores
+    env_cams, render_size = score_cams, image_size
+    if image_policy:
+        env_cams = list(dict.fromkeys([*env_cams, *view.cameras]))
+        render_size = image_size if uses_model else view.image_size[0]
+    demo_store = collect_demos(cfg, run, tuple(env_cams) if image_policy else cameras, render_size)
     stage_done("collect_demos", t0)
     reference = None
     if model is not None:
         t0 = time.perf_counter()
         model = adapt_progress_model(cfg, run, demo_store)
         stage_done("adapt_reward_model", t0)
-    records = demo_records(demo_store, list(cameras) if uses_model else [], float(cfg.reward.success_reward))
+    records = demo_records(demo_store, list(cameras) if uses_model else [], float(cfg.reward.success_reward), view)
     if model is not None and cfg.reward.perspective == "backward":
         from episodes import EpisodeStore
 
@@ -356,37 +527,56 @@ def run(cfg, run_dir: str | Path) -> dict:
         judge = reward_models.load(cfg.reward.success_model) if cfg.reward.success_model else model
         thr = float(cfg.reward.success_threshold)
         success_fn = lambda o: float(judge.success_prob({c: o["images"][c][None] for c in cameras}, spec.instruction)[0]) > thr  # noqa: E731
-    env_cams = list(cameras) if pipeline.needs_frames else []
-    env = make_env(cfg.task, cameras=env_cams, image_size=image_size, max_episode_steps=int(cfg.online.max_steps),
+    env = make_env(cfg.task, cameras=env_cams, image_size=render_size, max_episode_steps=int(cfg.online.max_steps),
                    terminate_on_success=True, reward_mode="sim_dense" if cfg.reward.source == "sim_dense" else "sparse",
-                   success_reward=float(cfg.reward.success_reward), split="train")
+                   success_reward=float(cfg.reward.success_reward), split="train", include_state=not image_policy)
     if success_fn is not None:
         env.success_fn = success_fn
-    eval_env = make_env(cfg.task, cameras=[], max_episode_steps=int(cfg.online.max_steps), terminate_on_success=True,
-                        split="eval")
-    obs_dim, act_dim = env.observation_space["state"].shape[0], env.action_space.shape[0]
+    # the image policy is evaluated on frames made as in training (same render size, same resize)
+    eval_env = make_env(cfg.task, cameras=view.cameras if image_policy else [], image_size=render_size,
+                        max_episode_steps=int(cfg.online.max_steps), terminate_on_success=True, split="eval",
+                        include_state=not image_policy)
+    observe = view if image_policy else state_view
+    act_dim = env.action_space.shape[0]
 
     # -- agent and replay ---------------------------------------------------------------------
-    agent = make_agent(cfg, obs_dim, act_dim)
-    offline = ReplayBuffer(obs_dim, act_dim, sum(len(r.actions) for r in records))
+    if image_policy:
+        proprio_dim = env.observation_space["proprio"].shape[0]
+        agent = make_image_agent(cfg, view, proprio_dim, act_dim)
+        layout = (view.cameras, view.image_size, proprio_dim, act_dim)
+        new_buffer = lambda rows: ImageReplayBuffer(*layout, max(2, rows))  # noqa: E731
+        offline = new_buffer(sum(len(r.actions) + 1 for r in records))  # T+1 frame rows per episode
+    else:
+        obs_dim = env.observation_space["state"].shape[0]
+        agent = make_agent(cfg, obs_dim, act_dim)
+        new_buffer = lambda rows: ReplayBuffer(obs_dim, act_dim, rows)  # noqa: E731
+        offline = new_buffer(sum(len(r.actions) for r in records))
     demo_terms = []
     for rec in records:
         terms = pipeline(rec)
         demo_terms.append(terms)
-        offline.add_batch(rec.obs[:-1], rec.actions, terms["reward"], rec.obs[1:], rec.terminated, terms["mc_return"])
-    online = ReplayBuffer(obs_dim, act_dim, int(cfg.online.capacity))
+        add_to_replay(offline, rec, terms)
+    online = new_buffer(int(cfg.online.capacity))
     rng = np.random.default_rng(int(cfg.seed))
     torch.manual_seed(int(cfg.seed))
     if ckpt:
-        agent.load_state_dict(ckpt["agent"])
-        r = ckpt["replay"]
-        online.add_batch(r["obs"], r["action"], r["reward"], r["next_obs"], r["terminated"], r["mc_return"])
+        try:
+            agent.load_state_dict(ckpt["agent"])
+        except (ValueError, RuntimeError, KeyError) as err:
+            raise TrainConfigError(f"{ckpt_path} does not fit these settings ({err}): resume with the run's own "
+                                   f"settings ({run / '.hydra' / 'config.yaml'}) or use another hydra.run.dir") from err
+        if image_policy:
+            online = load_online_images(run, ckpt)
+        else:
+            r = ckpt["replay"]
+            online.add_batch(r["obs"], r["action"], r["reward"], r["next_obs"], r["terminated"], r["mc_return"])
         rng.bit_generator.state = ckpt["rng"]
         torch.set_rng_state(ckpt["torch_rng"])
         log.info("resumed %s at phase %s, episode %d (%d env steps)", run, state.phase, state.episode, state.env_steps)
     use_demos = cfg.algo in ("calql", "bc")
-    replay = MixedReplay(offline if use_demos else ReplayBuffer(obs_dim, act_dim, 1), online,
-                         float(cfg.online.offline_fraction) if use_demos else 0.0)
+    mixer = MixedImageReplay if image_policy else MixedReplay
+    replay = mixer(offline if use_demos else new_buffer(1), online,
+                   float(cfg.online.offline_fraction) if use_demos else 0.0)
     if not use_demos:
         agent.cfg.bc_weight = 0.0  # online-only baseline: no demonstrations reach the agent
     writer = SummaryWriter(str(run / "tb"))
@@ -398,7 +588,7 @@ def run(cfg, run_dir: str | Path) -> dict:
         save_checkpoint(ckpt_path, agent, online, state, rng, cfg_dict)
 
     def run_eval(n_seeds: list[int]) -> dict:
-        res = evaluate(agent, eval_env, n_seeds)
+        res = evaluate(agent, eval_env, n_seeds, observe)
         res.update(episode=state.episode, env_steps=state.env_steps)
         state.evals.append(res)
         writer.add_scalar("eval/success_rate", res["success_rate"], state.episode)
@@ -439,9 +629,9 @@ def run(cfg, run_dir: str | Path) -> dict:
     while state.phase == "online" and state.episode < n_episodes:
         frac = min(1.0, state.episode / max(1, int(cfg.online.bc_anneal_episodes)))
         agent.bc_coef = 1.0 + frac * (float(cfg.online.bc_final) - 1.0)
-        rec, stats = run_episode(cfg, env, agent, replay, rng, state, batch_rows, env_cams)
+        rec, stats = run_episode(cfg, env, agent, replay, rng, state, batch_rows, score_cams, view)
         terms = pipeline(rec)
-        online.add_batch(rec.obs[:-1], rec.actions, terms["reward"], rec.obs[1:], rec.terminated, terms["mc_return"])
+        add_to_replay(online, rec, terms)
         hacked = bool(terms["final_progress"] >= float(cfg.reward.hacking_progress) and not rec.success)
         row = {
             "episode": state.episode, "length": len(rec.actions), "success": rec.success,
@@ -471,20 +661,30 @@ def run(cfg, run_dir: str | Path) -> dict:
         checkpoint()
 
     # -- stage 5: final evaluation and report ---------------------------------------------------
-    final = evaluate(agent, eval_env, list(range(int(cfg.eval.final_episodes))))
+    final = evaluate(agent, eval_env, list(range(int(cfg.eval.final_episodes))), observe)
     state.wall_time_s = wall_before + time.perf_counter() - session_start
-    report = write_report(run, cfg, state, final, demo_terms)
-    torch.save({"kind": "stepwise-policy", "task": cfg.task, "obs_key": "state", "agent": agent.state_dict()}, run / "policy.pt")
+    seen = ({"cameras": view.cameras, "image_size": list(view.image_size), "render_size": render_size}
+            if image_policy else None)
+    report = write_report(run, cfg, state, final, demo_terms, seen)
+    policy = {"kind": "stepwise-policy", "task": cfg.task, "policy": cfg.policy, "obs_key": "state",
+              "agent": agent.state_dict()}
+    if image_policy:  # load with ImageSAC.from_state_dict; frames rendered at render_size, resized to image_size
+        policy.update(obs_key="images+proprio", **seen)
+    torch.save(policy, run / "policy.pt")
     writer.close()
     env.close()
     eval_env.close()
     return report
 
 
-def run_episode(cfg, env, agent, replay, rng, state: RunState, batch_rows: int, cameras: list[str]):
-    """One online episode: act, update every step, and keep what the reward pipeline needs."""
+def run_episode(cfg, env, agent, replay, rng, state: RunState, batch_rows: int, cameras: list[str],
+                view: PolicyView | None = None):
+    """One online episode: act, update every step, and keep what the reward pipeline needs.
+
+    ``cameras``: frames kept for the reward model. ``view``: the image policy's (None: the state policy)."""
+    observe = view if view is not None else state_view
     obs, info = env.reset(seed=int(cfg.seed) * 100_000 + state.episode)
-    states, actions, rewards, terms = [obs["state"]], [], [], []
+    seen, actions, rewards, terms = [observe(obs)], [], [], []
     frames = {c: [obs["images"][c]] for c in cameras}
     dense = [0.0]
     success = False
@@ -494,10 +694,10 @@ def run_episode(cfg, env, agent, replay, rng, state: RunState, batch_rows: int, 
         if state.env_steps < int(cfg.online.random_steps):
             action = rng.uniform(-1, 1, agent.act_dim).astype(np.float32)
         else:
-            action = agent.act(obs["state"])
+            action = agent.act(seen[-1])
         obs, reward, terminated, truncated, info = env.step(action)
         state.env_steps += 1
-        states.append(obs["state"])
+        seen.append(observe(obs))
         actions.append(info["applied_action"])
         rewards.append(reward)
         terms.append(terminated)
@@ -514,17 +714,22 @@ def run_episode(cfg, env, agent, replay, rng, state: RunState, batch_rows: int, 
         if terminated or truncated:
             break
     rec = EpisodeRecord(
-        obs=np.asarray(states, np.float32), actions=np.asarray(actions, np.float32),
+        obs=np.asarray(seen, np.float32) if view is None else None, actions=np.asarray(actions, np.float32),
         env_rewards=np.asarray(rewards, np.float32), terminated=np.asarray(terms, bool), success=success,
         frames={c: np.stack(v) for c, v in frames.items()}, dense=np.asarray(dense, np.float32))
+    if view is not None:
+        rec.proprio = np.stack([s["proprio"] for s in seen])
+        rec.policy_frames = {c: np.stack([s["images"][c] for s in seen]) for c in view.cameras}
     return rec, {f"agent/{k}": v / n_updates for k, v in sums.items()} if n_updates else {}
 
 
 # --------------------------------------------------------------------------- report
 
 
-def write_report(run: Path, cfg, state: RunState, final: dict, demo_terms: list[dict]) -> dict:
-    """report.json, report.md and success_curve.png in the run directory."""
+def write_report(run: Path, cfg, state: RunState, final: dict, demo_terms: list[dict],
+                 image_policy: dict | None = None) -> dict:
+    """report.json, report.md and success_curve.png in the run directory. ``image_policy``: its
+    cameras, image_size and render_size (None: the state policy)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -545,6 +750,7 @@ def write_report(run: Path, cfg, state: RunState, final: dict, demo_terms: list[
         "hacking_monitor": {"threshold": float(cfg.reward.hacking_progress), "episodes": len(hacked),
                             "of": len(hist), "episode_ids": hacked},
         "demo_final_progress": [float(t["final_progress"]) for t in demo_terms],
+        "policy": {"kind": cfg.policy, **(image_policy or {})},
     }
     if cfg.reward.source == "success_prob":
         report["detector"] = {"false_positives": sum(h.get("detector_false_positive", 0) for h in hist),
@@ -565,7 +771,9 @@ def write_report(run: Path, cfg, state: RunState, final: dict, demo_terms: list[
 
     lines = [f"# stepwise-train: {cfg.task}", "",
              f"algo {cfg.algo}, {cfg.demos} demonstrations, reward {cfg.reward.source} + shaping {cfg.reward.shaping} "
-             f"(lambda {cfg.reward.weight}), seed {cfg.seed}.", "",
+             f"(lambda {cfg.reward.weight}), seed {cfg.seed}"
+             + (f"; image policy: {len(image_policy['cameras'])} cameras at {image_policy['image_size'][0]} px."
+                if image_policy is not None else "."), "",
              f"**Final success rate: {final['success_rate']:.2f}** over {final['episodes']} evaluation episodes "
              f"(eval split), after {state.episode} online episodes ({state.env_steps} env steps), "
              f"{state.wall_time_s / 60:.1f} min wall time.", "",
@@ -592,12 +800,13 @@ def main() -> None:
 
         from episodes import StoreError
         from reward_models.base import CheckpointError
+        from sim.rendering import CameraError
         from sim.tasks import UnknownTaskError
 
         run_dir = HydraConfig.get().runtime.output_dir
         try:
             report = run(cfg, run_dir)
-        except (TrainConfigError, UnknownTaskError, CheckpointError, StoreError, FileNotFoundError) as err:
+        except (TrainConfigError, UnknownTaskError, CheckpointError, StoreError, CameraError, FileNotFoundError) as err:
             print(f"stepwise-train: error: {err}", file=sys.stderr)
             sys.exit(2)
         print(f"final success rate {report['final_success_rate']:.2f} over {report['final_eval_episodes']} eval "

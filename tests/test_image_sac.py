@@ -207,7 +207,7 @@ def test_replay_shares_frames_wraps_and_round_trips(tmp_path):
     # episode 1: frames 0..3 (3 steps, truncated); episode 2: frames 4..8 (4 steps, terminal at the end)
     for ep in ([0, 1, 2, 3], [4, 5, 6, 7, 8]):
         for t, (i, j) in enumerate(zip(ep[:-1], ep[1:])):
-            buf.add(frames[i], np.array([i / 10]), float(i), frames[j], terminated=(j == 8))
+            buf.add(frames[i], np.array([i / 10]), float(i), frames[j], terminated=(j == 8), mc_return=-float(i))
     # 9 frames were written into 7 rows: the 2 oldest (frames 0, 1) are gone, and transitions 0->1, 1->2 with them
     assert buf.filled == 7 and len(buf) == 5
     batch = buf.sample(200, rng)
@@ -218,12 +218,13 @@ def test_replay_shares_frames_wraps_and_round_trips(tmp_path):
         np.testing.assert_array_equal(batch["obs"]["images"][k, 0].numpy(), frames[i]["images"]["a"])
         np.testing.assert_array_equal(batch["next_obs"]["images"][k, 0].numpy(), frames[i + 1]["images"]["a"])
         np.testing.assert_allclose(batch["next_obs"]["proprio"][k].numpy(), frames[i + 1]["proprio"])
-        assert float(batch["terminated"][k]) == float(i == 7)
+        assert float(batch["terminated"][k]) == float(i == 7) and float(batch["mc_return"][k]) == -i
     assert batch["obs"]["images"].dtype == torch.uint8 and batch["action"].dtype == torch.float32
     buf.save(tmp_path / "r.npz")
     back = ImageReplayBuffer.load(tmp_path / "r.npz")
     a, b = buf.sample(32, np.random.default_rng(3)), back.sample(32, np.random.default_rng(3))
     assert torch.equal(a["next_obs"]["images"], b["next_obs"]["images"]) and torch.equal(a["reward"], b["reward"])
+    assert torch.equal(a["mc_return"], b["mc_return"]) and back.capacity == 7
     # continuing after load still shares the frame of the last next_obs
     back.add(frames[8], np.array([0.8]), 8.0, frames[9], False)
     assert back.filled == 7 and back.pos == (buf.pos + 1) % 7
@@ -291,10 +292,13 @@ def test_load_offline_images_from_a_collected_store(tmp_path):
     mixed = MixedImageReplay(small, online)
     b = mixed.sample(10, np.random.default_rng(0))
     assert torch.all(b["demo"] == 1) and b["obs"]["images"].shape == (10, 2, 8, 8, 3)
-    online.add_episode(small.images[:3], small.proprio[:3], np.zeros((2, 4)), np.full(2, -5.0), np.zeros(2))
+    online.add_episode(small.images[:3], small.proprio[:3], np.zeros((2, 4)), np.full(2, -5.0), np.zeros(2),
+                       mc_return=np.full(2, -7.0))
     b = mixed.sample(10, np.random.default_rng(0))
     assert b["demo"].sum() == 5 and torch.equal(b["reward"] == -5, b["demo"] == 0)
-    assert set(b) == {"obs", "action", "reward", "next_obs", "terminated", "demo"}
+    assert set(b) == {"obs", "action", "reward", "next_obs", "terminated", "mc_return", "demo"}
+    # Cal-QL's bound travels with each row: unknown (-inf) for these demos, as given online
+    assert torch.equal(b["mc_return"], torch.where(b["demo"] == 1, -torch.inf, -7.0))
     with pytest.raises(ValueError, match="image_size"):
         MixedImageReplay(small, ImageReplayBuffer(["gripperPOV", "corner"], 16, 4, 4, capacity=10))
     with pytest.raises(ValueError, match=r"\['corner2'\].*available cameras"):  # MissingCameraError

@@ -42,6 +42,7 @@ def one_thread():
     ("demos=11", TrainConfigError, "demos"),
     ("algo=ppo", TrainConfigError, "algo"),
     ("reward.perspective=incremental", TrainConfigError, "state-only"),
+    ("policy=pixels", TrainConfigError, "policy"),
 ])
 def test_bad_settings_are_refused_before_any_work(override, error, match):
     with pytest.raises(error, match=match):
@@ -82,6 +83,55 @@ def test_small_job_reports_and_resumes(tmp_path):
     np.testing.assert_array_equal(after["replay"]["obs"][:n_before], before["replay"]["obs"])
     assert after["agent"]["num_updates"] > before["agent"]["num_updates"]
     assert report["wall_time_s"] >= saved["wall_time_s"]
+
+
+# the image policy: 16 px frames of the 3-camera rig, rendered at that size (no camera-based reward)
+IMAGE = ["policy=image", "policy_image_size=16", "demos=1", "reward.shaping=none", "agent.hidden_sizes=[32,32]",
+         "agent.batch_size=16", "pretrain.bc_steps=5", "pretrain.steps=3", "online.episodes=2", "online.max_steps=20",
+         "eval.every=1", "eval.episodes=1", "eval.final_episodes=1", "reward.adapt_steps=0", "offline_threads=1"]
+
+
+def test_image_policy_job_never_sees_the_state_and_resumes(tmp_path, monkeypatch):
+    import real
+    from policies.image_replay import ImageReplayBuffer
+    from policies.image_sac import ImageSAC
+
+    made = []
+    make_env = real.make_env
+    monkeypatch.setattr(real, "make_env", lambda *a, **kw: made.append(kw) or make_env(*a, **kw))
+    out = tmp_path / "run"
+    report = run(cfg_of(*IMAGE), out)
+    # train and eval envs carry no state (reading it would fail) and render the policy's cameras at its size
+    assert len(made) == 2 and all(not kw["include_state"] and kw["image_size"] == 16 for kw in made)
+    assert made[1]["split"] == "eval" and made[1]["cameras"] == ["corner", "corner2", "gripperPOV"]
+    saved = json.loads((out / "report.json").read_text())
+    assert saved["online_episodes"] == 2 and saved["policy"] == {
+        "kind": "image", "cameras": ["corner", "corner2", "gripperPOV"], "image_size": [16, 16], "render_size": 16}
+    before = torch.load(out / "checkpoint.pt", weights_only=False)
+    assert before["policy"] == "image" and before["replay"] is None
+    replay_before = ImageReplayBuffer.load(out / before["replay_file"])
+    assert len(replay_before) == before["replay_size"] == report["env_steps"] == 40  # 2 episodes of 20 steps
+    assert replay_before.images.shape[1:] == (3, 16, 16, 3)
+    assert np.all(replay_before.mc_return[replay_before.valid] > -np.inf)  # Cal-QL's bound on every online row
+    # the final policy loads as an ImageSAC over the recorded cameras and size
+    policy = torch.load(out / "policy.pt", weights_only=False)
+    assert policy["policy"] == "image" and policy["obs_key"] == "images+proprio" and policy["image_size"] == [16, 16]
+    agent = ImageSAC.from_state_dict(policy["agent"], device="cpu")
+    assert agent.cameras == policy["cameras"] == ["corner", "corner2", "gripperPOV"]
+    # a resume as the state policy is refused
+    with pytest.raises(TrainConfigError, match="policy=image"):
+        run(cfg_of(*SMALL, "resume=true"), out)
+    # resume and extend: history kept, the replay file replaced by a larger one holding the old rows
+    report = run(cfg_of(*IMAGE, "resume=true", "online.episodes=3"), out)
+    after = torch.load(out / "checkpoint.pt", weights_only=False)
+    assert report["online_episodes"] == 3 and len(after["state"]["history"]) == 3
+    key = lambda rows: [(r["episode"], r["length"], r["return"], r["agent/critic_loss"]) for r in rows]  # noqa: E731
+    assert key(after["state"]["history"][:2]) == key(before["state"]["history"])
+    assert after["replay_size"] == 60 and sorted(p.name for p in out.glob("online_replay*")) == [after["replay_file"]]
+    replay_after = ImageReplayBuffer.load(out / after["replay_file"])
+    n = replay_before.filled
+    np.testing.assert_array_equal(replay_after.images[:n], replay_before.images[:n])
+    assert after["agent"]["num_updates"] > before["agent"]["num_updates"]
 
 
 def test_truncated_checkpoint_is_a_clear_error(tmp_path):
