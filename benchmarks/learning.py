@@ -92,18 +92,18 @@ def write_table(runs_dir: Path, out: Path) -> None:
         "two runs side by side, 1 torch thread each. Every run: 5 scripted demonstrations (demo split) for the "
         "policy, the progress model adapted on ONE of them (150 steps), BC warm start 500 steps + Cal-QL "
         "pre-training 1000 steps, then online SAC (2 critics, 256x256, update ratio 1, BC term) on the train split, "
-        "episodes of at most 200 steps ended at success (+10). Evaluation: deterministic policy on the eval split "
+        "episodes of at most 200 steps ended at success (+10); `online eps` says how long each run was. Evaluation: deterministic policy on the eval split "
         "(variants never seen in demos or training), 10 episodes every 10 online episodes; `final` = 50 episodes "
         "after the last online episode.", "",
         "Variants: `progress` = sparse success + lambda 5 shaping from the adapted step-PRM (forward perspective); "
         "`sparse` = success reward only; `dense` = Meta-World's hand-written dense reward (reference); `oracle` = "
         "sparse + shaping from a privileged simulator potential (the dense reward / 10), the ceiling a learned "
         "progress model can approach.", "",
-        "| run | " + " | ".join(f"@{c}" for c in CHECKPOINTS) + " | final (50 eps) | first 100% at | hacking eps | wall min |",
-        "|---|" + "---|" * (len(CHECKPOINTS) + 4),
+        "| run | online eps | " + " | ".join(f"@{c}" for c in CHECKPOINTS) + " | final (50 eps) | first 100% at | hacking eps | wall min |",
+        "|---|---|" + "---|" * (len(CHECKPOINTS) + 4),
     ]
     for name, r in reports.items():
-        lines.append(f"| {name} | " + " | ".join(fmt(success_at(r, c)) for c in CHECKPOINTS)
+        lines.append(f"| {name} | {r['online_episodes']} | " + " | ".join(fmt(success_at(r, c)) for c in CHECKPOINTS)
                      + f" | {r['final_success_rate']:.2f} | {r['first_episode_at_full_success']} | "
                        f"{r['hacking_monitor']['episodes']}/{r['hacking_monitor']['of']} | {r['wall_time_s'] / 60:.1f} |")
     # means per variant over tasks and seeds (5 demos only)

@@ -1,7 +1,7 @@
 """Whole-pipeline speed of `stepwise-train`'s online loop: env steps per second, for the state and the
 image policy, with and without the progress-shaped reward.
 
-Run: ``.venv/bin/python benchmarks/pipeline_speed.py`` (about 5 minutes on 2 cores). Prints a table
+Run: ``.venv/bin/python benchmarks/pipeline_speed.py`` (5-6 minutes on 2 cores). Prints a table
 and writes it to ``benchmarks/results/pipeline_speed.md``. Each row runs ``stepwise-train`` as a
 subprocess on a fresh run directory, exactly as a user would, with small settings (1 demonstration,
 zero-shot progress model, 10 BC + 10 Cal-QL pre-training steps, then ``--episodes`` online episodes
@@ -24,6 +24,7 @@ import datetime
 import json
 import os
 import platform
+import resource
 import subprocess
 import sys
 import tempfile
@@ -62,18 +63,21 @@ def rows(state_episodes: int, image_episodes: int, image_size: int) -> dict[str,
 def measure(row: Row, threads: int, timeout: float) -> dict:
     """Run stepwise-train once; its report's env steps, online seconds, and the load around it."""
     load_before = os.getloadavg()
+    cpu_before = resource.getrusage(resource.RUSAGE_CHILDREN)
     with tempfile.TemporaryDirectory(prefix="pipeline_speed_") as tmp:
         cmd = [sys.executable, "-m", "policies.train", *COMMON, *row.overrides, f"online.episodes={row.episodes}",
                f"threads={threads}", f"hydra.run.dir={tmp}"]
         start = time.perf_counter()
         proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
         wall = time.perf_counter() - start
+        cpu_after = resource.getrusage(resource.RUSAGE_CHILDREN)
         if proc.returncode != 0:
             raise RuntimeError(f"stepwise-train failed ({proc.returncode}) for {row.name}:\n{proc.stderr[-3000:]}")
         report = json.loads((Path(tmp) / "report.json").read_text())
     online = float(report["stage_seconds"]["online"])
     return {"env_steps": int(report["env_steps"]), "online_s": online, "steps_per_s": report["env_steps"] / online,
-            "wall_s": wall, "load_before": load_before, "load_after": os.getloadavg()}
+            "wall_s": wall, "load_before": load_before, "load_after": os.getloadavg(),
+            "cpu_share": (cpu_after.ru_utime + cpu_after.ru_stime - cpu_before.ru_utime - cpu_before.ru_stime) / wall}
 
 
 def cpu_name() -> str:
@@ -111,7 +115,7 @@ def main() -> None:
         print(f"measuring {row.name} ({row.episodes} episodes) ...", flush=True)
         res = measure(row, args.threads, args.timeout)
         print(f"  {res['steps_per_s']:.1f} env steps/s ({res['env_steps']} steps in {res['online_s']:.1f} s online, "
-              f"{res['wall_s']:.0f} s in all)", flush=True)
+              f"{res['wall_s']:.0f} s in all, CPU share {res['cpu_share']:.2f})", flush=True)
         results.append((row, res))
 
     fmt = lambda load: ", ".join(f"{x:.1f}" for x in load)  # noqa: E731
@@ -130,16 +134,19 @@ def main() -> None:
         "per step, per-episode progress scoring and replay writes, plus one evaluation episode and one checkpoint "
         "at the end of the stage. Load is the 1/5/15-minute load average before and after the row: where it "
         f"exceeds the {os.cpu_count()} cores, other processes shared them and the rates are lower than on an idle "
-        "machine.",
+        "machine. CPU share: the run's CPU seconds (user + system, all its threads) over its wall time, the "
+        "whole run; a share well below the job's own need says it waited for cores.",
         "",
-        "| pipeline | policy | shaping | episodes | env steps | online s | env steps/s | load before | load after |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| pipeline | policy | shaping | episodes | env steps | online s | env steps/s | CPU share | load before "
+        "| load after |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row, res in results:
         policy = next((o.split("=")[1] for o in row.overrides if o.startswith("policy=")), "state")
         shaping = next(o.split("=")[1] for o in row.overrides if o.startswith("reward.shaping="))
         lines.append(f"| {row.name} | {policy} | {shaping} | {row.episodes} | {res['env_steps']} | "
-                     f"{res['online_s']:.1f} | **{res['steps_per_s']:.1f}** | {fmt(res['load_before'])} | "
+                     f"{res['online_s']:.1f} | **{res['steps_per_s']:.1f}** | {res['cpu_share']:.2f} | "
+                     f"{fmt(res['load_before'])} | "
                      f"{fmt(res['load_after'])} |")
     table = "\n".join(lines) + "\n"
     print(table)

@@ -118,6 +118,11 @@ def timed(step: Callable[[], int], seconds: float) -> float:
     return n / (time.perf_counter() - start)
 
 
+def rounded(rate: float) -> str:
+    """A rate to 2-3 significant figures: 70, 7.4, 0.42 (a contended run can fall below 1 update/s)."""
+    return f"{rate:.0f}" if rate >= 10 else f"{rate:.2g}"
+
+
 def cpu_name() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -172,8 +177,8 @@ def main() -> None:
             ratio = rate / sb3[c.width]
             rows.append(
                 f"| {c.agent} | {c.critics} | {c.width}x{c.width} | {'yes' if c.layer_norm else 'no'} | {c.utd} "
-                f"| {threads} | {section_load[threads]:.1f} | {rate:.0f} ({min(runs):.0f}-{max(runs):.0f}) "
-                f"| {rate * c.utd:.0f} | {ratio:.2f}x |"
+                f"| {threads} | {section_load[threads]:.1f} | {rounded(rate)} ({rounded(min(runs))}-{rounded(max(runs))}) "
+                f"| {rounded(rate * c.utd)} | {ratio:.2f}x |"
             )
     header = (
         f"# SAC update throughput (CPU)\n\n"

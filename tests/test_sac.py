@@ -366,3 +366,16 @@ def test_calql_enters_the_critic_loss_only_with_cql_alpha():
     assert out["cql_loss"] != 0.0 and np.isfinite(out["critic_loss"])
     with pytest.raises(ValueError, match="cql_alpha"):
         SACConfig(cql_alpha=-1.0)
+
+
+def test_target_without_entropy_backup_is_reward_plus_discounted_min_q():
+    torch.manual_seed(0)
+    agent = SAC(3, 2, SACConfig(hidden_sizes=(8,), backup_entropy=False, init_temperature=5.0, device="cpu"))
+    obs = torch.randn(6, 3)
+    reward, terminated = torch.arange(6.0), torch.tensor([0, 1, 0, 1, 0, 0.0])
+    torch.manual_seed(1)
+    y = agent.critic_target_values(reward, obs, terminated)
+    torch.manual_seed(1)
+    a, _, _ = agent.actor.sample(obs)
+    want = reward + agent.cfg.gamma * (1 - terminated) * agent.critic_target(obs, a).min(0).values
+    torch.testing.assert_close(y, want)
