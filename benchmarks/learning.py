@@ -84,7 +84,9 @@ def write_table(runs_dir: Path, out: Path) -> None:
             reports[d.name] = json.loads((d / "report.json").read_text())
     if not reports:
         return
-    cpu = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")), "?")
+    from machine import cpu_name
+
+    cpu = cpu_name()
     fmt = lambda v: "-" if v is None else f"{v:.2f}"  # noqa: E731
     lines = [
         "# Learning benchmark: stepwise-train on held-out tasks", "",

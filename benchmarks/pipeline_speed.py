@@ -23,7 +23,6 @@ import argparse
 import datetime
 import json
 import os
-import platform
 import resource
 import subprocess
 import sys
@@ -31,6 +30,8 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+from machine import cpu_name  # benchmarks/machine.py (scripts here run with benchmarks/ on sys.path)
 
 ROOT = Path(__file__).resolve().parent.parent
 COMMON = ["task=metaworld/drawer-open", "demos=1", "reward.adapt_steps=0", "pretrain.bc_steps=10", "pretrain.steps=10",
@@ -80,15 +81,6 @@ def measure(row: Row, threads: int, timeout: float) -> dict:
             "cpu_share": (cpu_after.ru_utime + cpu_after.ru_stime - cpu_before.ru_utime - cpu_before.ru_stime) / wall}
 
 
-def cpu_name() -> str:
-    """The CPU's model name (from /proc/cpuinfo on Linux)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def main() -> None:

@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import os
-import platform
 import statistics
 import time
 from dataclasses import dataclass
@@ -27,6 +26,8 @@ import torch
 
 from policies.replay import ReplayBuffer
 from policies.sac import SAC, SACConfig
+
+from machine import cpu_name  # benchmarks/machine.py (scripts here run with benchmarks/ on sys.path)
 
 OBS_DIM, ACT_DIM, BATCH, BUFFER = 39, 4, 256, 100_000
 SB3_CHUNK = 20  # gradient steps per model.train call: its per-call overhead (logging, lr schedule) amortised
@@ -123,14 +124,6 @@ def rounded(rate: float) -> str:
     return f"{rate:.0f}" if rate >= 10 else f"{rate:.2g}"
 
 
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def main() -> None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import os
-import platform
 import tempfile
 import time
 from pathlib import Path
@@ -21,6 +20,8 @@ import real
 import sim
 from episodes import EpisodeWriter
 from sim.collect import Plan, record_episode
+
+from machine import cpu_name  # benchmarks/machine.py (scripts here run with benchmarks/ on sys.path)
 
 TASK = "metaworld/drawer-open"
 CAMERAS = ["corner", "corner2", "gripperPOV"]
@@ -88,14 +89,6 @@ def collection_episodes_per_min(episodes: int, size: int) -> tuple[float, float]
     return rate, size_mib
 
 
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def main() -> None:
