@@ -35,8 +35,17 @@ VARIANTS = {  # name -> stepwise-train overrides
 CHECKPOINTS = (10, 20, 50, 100, 150)
 
 
+def overrides_of(name: str) -> list[str]:
+    """Run name ``<task>__<variant>__s<seed>[__demos<n>]`` -> its stepwise-train overrides."""
+    task, variant, seed, *rest = name.split("__")
+    demos = [f"demos={rest[0].removeprefix('demos')}"] if rest else []
+    return [f"task=metaworld/{task}", f"seed={seed.removeprefix('s')}", *demos, *VARIANTS[variant]]
+
+
 def plan(args) -> list[tuple[str, list[str]]]:
     """(run name, overrides), in the order they run: what matters most first."""
+    if args.names:
+        return [(n, overrides_of(n)) for n in args.names]
     runs = []
     seeds = [int(s) for s in args.seeds]
     variants = args.only or ["progress", "sparse", "oracle", "dense"]
@@ -171,6 +180,7 @@ def main() -> None:
     parser.add_argument("--only", nargs="+", choices=sorted(VARIANTS), help="variants to run (default: all)")
     parser.add_argument("--demo-curve", action="store_true", help="also 1, 2, 10 demonstrations on drawer-open and push")
     parser.add_argument("--parallel", type=int, default=2)
+    parser.add_argument("--names", nargs="+", help="exactly these runs, in this order (e.g. push__sparse__s0)")
     parser.add_argument("--skip", nargs="+", help="run names to leave out (e.g. ones running elsewhere)")
     parser.add_argument("--runs", default=str(ROOT / "runs" / "bench_learning"))
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "learning.md"))
