@@ -30,7 +30,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from policies.replay import _store_files
+from policies.replay import MixedReplay, _store_files
 
 __all__ = ["ImageReplayBuffer", "MixedImageReplay", "load_offline_images", "resize_frames", "image_hw"]
 
@@ -270,46 +270,18 @@ def check_action(action: np.ndarray, act_dim: int, name: str, batched: bool = Fa
     return a
 
 
-class MixedImageReplay:
-    """RLPD's symmetric sampling over image buffers (as `policies.replay.MixedReplay`): each batch
-    takes ``offline_fraction`` of its rows from ``offline`` and the rest from ``online``; all rows
-    come from ``offline`` while ``online`` is empty. Batches carry ``demo`` (n,) = 1.0 on offline rows
-    and both buffers' ``mc_return``.
+class MixedImageReplay(MixedReplay):
+    """RLPD's symmetric sampling over image buffers: `policies.replay.MixedReplay` with the image
+    buffers' compatibility check. Batches carry ``demo`` (n,) = 1.0 on offline rows and both buffers'
+    ``mc_return``.
     """
 
-    def __init__(self, offline: ImageReplayBuffer, online: ImageReplayBuffer, offline_fraction: float = 0.5) -> None:
-        if not 0.0 <= offline_fraction <= 1.0:
-            raise ValueError(f"offline_fraction must be in [0, 1], got {offline_fraction}")
-        spec = lambda b: (b.cameras, b.image_size, b.proprio_dim, b.act_dim)  # noqa: E731
-        if spec(offline) != spec(online):
-            raise ValueError(
-                f"offline buffer is (cameras, image_size, proprio_dim, act_dim) = {spec(offline)} but online is "
-                f"{spec(online)}: load demos with the online env's cameras and image_size"
-            )
-        self.offline, self.online, self.offline_fraction = offline, online, float(offline_fraction)
+    mismatch_hint = "load demos with the online env's cameras and image_size"
 
-    def __len__(self) -> int:
-        return len(self.offline) + len(self.online)
-
-    def sample(self, n: int, rng: np.random.Generator, device: str | torch.device = "cpu") -> dict:
-        """n rows: round(n * offline_fraction) offline then the rest online (all offline if online is empty)."""
-        n_off = n if len(self.online) == 0 else int(round(n * self.offline_fraction))
-        if n_off > 0 and len(self.offline) == 0:
-            raise ValueError("offline buffer is empty: load demonstrations, or use offline_fraction=0")
-        parts = []
-        if n_off > 0:
-            parts.append(self.offline.sample(n_off, rng, device))
-        if n - n_off > 0:
-            parts.append(self.online.sample(n - n_off, rng, device))
-        batch = _cat(parts)
-        batch["demo"] = (torch.arange(n, device=device) < n_off).float()
-        return batch
-
-
-def _cat(parts: list[dict]) -> dict:
-    """Concatenate batches row-wise, recursing into the obs dicts."""
-    return {k: _cat([p[k] for p in parts]) if isinstance(v, Mapping) else torch.cat([p[k] for p in parts])
-            for k, v in parts[0].items()}
+    @staticmethod
+    def spec(buffer) -> tuple:
+        """(cameras, image_size, proprio_dim, act_dim): what the two image buffers must share."""
+        return (buffer.cameras, buffer.image_size, buffer.proprio_dim, buffer.act_dim)
 
 
 def load_offline_images(

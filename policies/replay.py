@@ -134,12 +134,18 @@ class MixedReplay:
     def __init__(self, offline: ReplayBuffer, online: ReplayBuffer, offline_fraction: float = 0.5) -> None:
         if not 0.0 <= offline_fraction <= 1.0:
             raise ValueError(f"offline_fraction must be in [0, 1], got {offline_fraction}")
-        if (offline.obs_dim, offline.act_dim) != (online.obs_dim, online.act_dim):
+        if self.spec(offline) != self.spec(online):
             raise ValueError(
-                f"offline buffer is (obs {offline.obs_dim}, act {offline.act_dim}) but online is "
-                f"(obs {online.obs_dim}, act {online.act_dim}): build both with the same dims"
+                f"offline buffer is {self.spec(offline)} but online is {self.spec(online)}: {self.mismatch_hint}"
             )
         self.offline, self.online, self.offline_fraction = offline, online, float(offline_fraction)
+
+    mismatch_hint = "build both with the same (obs_dim, act_dim)"
+
+    @staticmethod
+    def spec(buffer) -> tuple:
+        """What the two buffers must share."""
+        return ("obs", buffer.obs_dim, "act", buffer.act_dim)
 
     def __len__(self) -> int:
         return len(self.offline) + len(self.online)
@@ -154,9 +160,15 @@ class MixedReplay:
             parts.append(self.offline.sample(n_off, rng, device))
         if n - n_off > 0:
             parts.append(self.online.sample(n - n_off, rng, device))
-        batch = {k: torch.cat([p[k] for p in parts]) for k in _FIELDS}
+        batch = concat_batches(parts)
         batch["demo"] = (torch.arange(n, device=device) < n_off).float()
         return batch
+
+
+def concat_batches(parts: list[dict]) -> dict:
+    """Concatenate batches row-wise, recursing into dict observations (image batches)."""
+    return {k: concat_batches([p[k] for p in parts]) if isinstance(v, dict) else torch.cat([p[k] for p in parts])
+            for k, v in parts[0].items()}
 
 
 def _store_files(path: Path) -> list[Path]:
