@@ -15,10 +15,16 @@ import numpy as np
 
 from real.robot import GroundTruth, Observation, Robot
 
-# name -> "module:Class"; later drivers (remote, vendor arms) register here.
+# name -> "module:Class" (or a factory function); the vendor drivers import their SDKs lazily.
 DRIVERS: dict[str, str] = {
     "sim": "real.sim_driver:SimRobot",
+    "remote": "real.remote:remote_robot",
+    "ur": "real.drivers.ur:URRobot",
+    "xarm": "real.drivers.xarm:XArmRobot",
+    "lerobot": "real.drivers.lerobot:LeRobotAdapter",
 }
+# drivers whose safety layer runs elsewhere (the server applies it on the robot side)
+SAFETY_ELSEWHERE = ("remote",)
 REWARD_MODES = ("sparse", "sim_dense")
 
 
@@ -166,6 +172,7 @@ def make_env(
     split: str = "train",
     quality: str = "fast",
     include_state: bool = True,
+    safety: Any = None,
     **robot_kwargs: Any,
 ) -> RobotEnv:
     """Build the environment of ``task`` on the driver ``robot``.
@@ -182,8 +189,12 @@ def make_env(
         split: seed split of task variants (``demo``, ``train``, ``eval``).
         quality: render quality (``fast`` or ``high``).
         include_state: add the privileged state to observations (simulation only).
-        **robot_kwargs: passed to the driver.
+        safety: the driver's limits (a ``real.safety.SafetyLimits`` or its config mapping); ``None``
+            takes the driver's ``DEFAULT_SAFETY`` (the simulator's workspace); hardware drivers have
+            none and need one. Remote robots are filtered by their server.
+        **robot_kwargs: passed to the driver (``robot=remote``: ``host``, ``port``, ``token``).
     """
+    from real.safety import SafeRobot
     from sim import get_task  # the registry: names and instructions
 
     spec = get_task(task)
@@ -192,7 +203,17 @@ def make_env(
             task=spec.name, cameras=cameras, image_size=image_size, quality=quality,
             split=split, include_state=include_state,
         )
+    elif robot == "remote":
+        robot_kwargs.setdefault("task", spec.name)
     driver = make_robot(robot, **robot_kwargs)
+    if robot == "remote":
+        _check_served(driver, cameras, image_size)
+    if robot not in SAFETY_ELSEWHERE:
+        if safety is None:
+            safety = getattr(type(driver), "DEFAULT_SAFETY", None)
+            if safety is None:
+                raise ValueError(f"robot={robot!r} has no default safety limits: pass safety=... (see configs/robot/{robot}.yaml)")
+        driver = SafeRobot(driver, safety)
     return RobotEnv(
         driver,
         instruction=spec.instruction,
@@ -201,6 +222,26 @@ def make_env(
         reward_mode=reward_mode,
         success_reward=success_reward,
     )
+
+
+def _check_served(driver: Robot, cameras, image_size) -> None:
+    """A remote robot must serve the cameras and image size the caller asked for."""
+    spec = driver.observation_spec
+    if cameras is not None:
+        missing = [c for c in cameras if c not in spec.cameras]
+        if missing:
+            raise ValueError(
+                f"the robot server serves cameras {list(spec.cameras)}, not {missing}: start it with "
+                f"robot.cameras=[{','.join(cameras)}] or ask for the cameras it has"
+            )
+    if cameras:
+        from sim import check_image_size
+
+        if tuple(check_image_size(image_size)) != tuple(spec.image_size):
+            raise ValueError(
+                f"the robot server's images are {tuple(spec.image_size)}, not {image_size}: start it with "
+                f"robot.image_size={image_size} or ask for its size"
+            )
 
 
 def make_vec_env(

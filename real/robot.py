@@ -25,12 +25,19 @@ class ActionSpec:
     Attributes:
         dim: action dimension (4 for end-effector delta xyz + gripper).
         names: one name per dimension.
+        ee_step_m: metres of end-effector travel per unit of action on each of the first three
+            (xyz) dimensions in one control step. The safety layer works in metres through it;
+            ``None`` for drivers whose actions are not end-effector deltas (then only the
+            action-space limits apply).
+        control_hz: the driver's nominal control rate (sim: its physics step rate).
     """
 
     dim: int
     names: tuple[str, ...] = ()
     low: float = -1.0
     high: float = 1.0
+    ee_step_m: float | None = None
+    control_hz: float | None = None
 
 
 @dataclass(frozen=True)
@@ -40,7 +47,9 @@ class ObservationSpec:
     Attributes:
         cameras: camera names, in order.
         image_size: ``(height, width)`` of every image.
-        proprio_dim: length of ``proprio``.
+        proprio_dim: length of ``proprio``; for end-effector drivers the first three entries are
+            the end-effector position in metres (``hand_x``, ``hand_y``, ``hand_z``) and the fourth
+            the gripper opening in [0, 1].
         state_dim: length of the privileged ``state`` (``None`` on real robots).
     """
 
@@ -70,8 +79,15 @@ class Robot(Protocol):
     def reset(self, seed: int | None = None) -> Observation:
         """Bring the robot (and in simulation the scene) to a start state; return the observation."""
 
+    def stop(self) -> None:
+        """Controlled stop now: hold position / zero velocity, stay connected. Idempotent.
+
+        Called by the watchdog and the deploy loop's stop paths; the robot moves again on the
+        next ``send_action`` after the caller re-arms (see ``real.server``).
+        """
+
     def close(self) -> None:
-        """Stop safely and release everything. Idempotent."""
+        """The driver's stop sequence, then release everything. Idempotent; runs in ``finally``."""
 
     @property
     def observation_spec(self) -> ObservationSpec:

@@ -19,6 +19,15 @@ class SimRobot:
         include_state: add the privileged simulator state to observations.
     """
 
+    # The union of Meta-World's mocap limits over the 50 tasks (the simulator clips the hand to its
+    # task's own box anyway); a step moves at most 1 cm per axis (1.7 cm diagonally), 80 steps/s.
+    DEFAULT_SAFETY = {
+        "workspace_low": (-0.5, 0.35, -0.15),
+        "workspace_high": (0.5, 1.0, 0.5),
+        "max_step_m": 0.02,
+        "max_speed_mps": 2.0,
+    }
+
     def __init__(
         self,
         task: str,
@@ -102,6 +111,14 @@ class SimRobot:
         """The underlying ``sim.SimTask`` (simulation tools only)."""
         return self._require()
 
+    def stop(self) -> None:
+        """Hold position: the simulation only advances on ``send_action``, so nothing moves."""
+        self.stops = getattr(self, "stops", 0) + 1
+
+    def ee_position(self) -> np.ndarray:
+        """End-effector position in metres, float64 (3,)."""
+        return self._require().proprio[:3].astype(np.float64)
+
     def close(self) -> None:
         """Free the simulator (idempotent)."""
         if self._task is not None:
@@ -124,4 +141,5 @@ class SimRobot:
     @property
     def action_spec(self) -> ActionSpec:
         """4-d: end-effector delta xyz and gripper (close > 0)."""
-        return ActionSpec(dim=4, names=("dx", "dy", "dz", "gripper"))
+        # Meta-World moves the mocap by action * 1/100 m per step; 5 substeps of 2.5 ms = 80 Hz.
+        return ActionSpec(dim=4, names=("dx", "dy", "dz", "gripper"), ee_step_m=0.01, control_hz=80.0)

@@ -1,0 +1,257 @@
+"""The robot server and the remote driver, on loopback with the real simulator behind the server."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from real import make_env
+from real.remote import RemoteRobot, RobotLinkError, RobotStopped, remote_robot
+from real.server import RobotServer
+from real.sim_driver import SimRobot
+
+TASK = "metaworld/drawer-open"
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def sim_server(cameras=("corner",), image_size=48, **kwargs) -> RobotServer:
+    robot = SimRobot(TASK, cameras=list(cameras), image_size=image_size, split="train")
+    return RobotServer(robot, SimRobot.DEFAULT_SAFETY, port=0, task=TASK, **kwargs).start()
+
+
+@pytest.fixture
+def server():
+    srv = sim_server()
+    yield srv
+    srv.shutdown()
+
+
+def test_remote_env_matches_the_local_sim(server):
+    """Same seed, same actions: the same observations, rewards, success and termination."""
+    kwargs = dict(cameras=["corner"], image_size=48, terminate_on_success=True, max_episode_steps=150)
+    local = make_env(TASK, **kwargs)
+    remote = make_env(TASK, robot="remote", port=server.port, **kwargs)
+    rng = np.random.default_rng(0)
+    try:
+        for seed in (3, 4):
+            lo, _ = local.reset(seed=seed)
+            ro, _ = remote.reset(seed=seed)
+            np.testing.assert_array_equal(lo["images"]["corner"], ro["images"]["corner"])
+            np.testing.assert_allclose(lo["state"], ro["state"], rtol=0, atol=1e-6)
+            done, steps, successes = False, 0, 0
+            while not done:
+                # the expert (read from the local sim) with noise, so the episode succeeds and varies
+                a = np.clip(local.robot.expert_action() + rng.normal(0, 0.15, 4), -1.5, 1.5).astype(np.float32)
+                lo, lr, lt, ltr, li = local.step(a)
+                ro, rr, rt, rtr, ri = remote.step(a)
+                np.testing.assert_array_equal(lo["images"]["corner"], ro["images"]["corner"])
+                np.testing.assert_allclose(lo["proprio"], ro["proprio"], atol=1e-6)
+                np.testing.assert_allclose(lo["state"], ro["state"], atol=1e-6)
+                np.testing.assert_allclose(li["applied_action"], ri["applied_action"], atol=1e-7)
+                assert (lr, lt, ltr, li["success"]) == (rr, rt, rtr, ri["success"])
+                assert li["sim/dense_reward"] == pytest.approx(ri["sim/dense_reward"], abs=1e-5)
+                assert "t_robot" in ro
+                done, steps, successes = lt or ltr, steps + 1, successes + li["success"]
+            assert steps > 5
+        assert successes >= 1  # the second episode ended at success on both
+    finally:
+        local.close()
+        remote.close()
+
+
+def test_watchdog_stops_a_silent_client_and_needs_a_rearm(server):
+    robot = remote_robot(port=server.port)
+    robot.reset(seed=0)
+    robot.send_action(np.zeros(4, np.float32))
+    t_last = time.monotonic()
+    time.sleep(0.45)
+    stops = [e for e in server.events if e["reason"].startswith("watchdog")]
+    assert len(stops) == 1
+    delay = stops[0]["t"] - t_last
+    assert 0.19 < delay < 0.30  # watchdog 200 ms + at most one poll
+    with pytest.raises(RobotStopped, match="re-arm"):
+        robot.send_action(np.zeros(4, np.float32))
+    robot.arm()
+    robot.send_action(np.zeros(4, np.float32))
+    assert server.counts["refused_disarmed"] == 1
+    robot.close()
+
+
+def test_stop_request_disarms(server):
+    robot = remote_robot(port=server.port)
+    robot.reset(seed=0)
+    robot.stop()
+    with pytest.raises(RobotStopped):
+        robot.send_action(np.zeros(4, np.float32))
+    assert server.events[-1]["reason"].startswith("stop requested")
+
+
+def test_token_is_required_when_set():
+    srv = sim_server(token="s3cret")
+    try:
+        with pytest.raises(RobotLinkError, match="token"):
+            remote_robot(port=srv.port, token="wrong")
+        with pytest.raises(RobotLinkError, match="token"):
+            remote_robot(port=srv.port)
+        robot = remote_robot(port=srv.port, token="s3cret")
+        assert robot.task_name == TASK
+        assert srv.counts["unauthorized"] == 2
+    finally:
+        srv.shutdown()
+
+
+def test_lost_server_raises_instead_of_hanging():
+    robot = RemoteRobot(port=1, timeout_ms=300)  # nothing listens on port 1
+    t0 = time.monotonic()
+    with pytest.raises(RobotLinkError, match="did not answer 'hello' within 300 ms"):
+        robot.connect()
+    assert time.monotonic() - t0 < 2.0
+
+
+def test_server_killed_mid_episode_gives_a_clear_error():
+    srv = sim_server()
+    robot = remote_robot(port=srv.port, timeout_ms=400)
+    robot.reset(seed=0)
+    srv.shutdown()
+    with pytest.raises(RobotLinkError, match="did not answer 'act'"):
+        robot.send_action(np.zeros(4, np.float32))
+
+
+def test_only_the_newest_queued_command_runs(server):
+    """Commands that queued while the robot was busy are answered `superseded`, not replayed."""
+    import zmq
+
+    from real import protocol
+
+    sock = zmq.Context.instance().socket(zmq.DEALER)
+    sock.connect(f"tcp://127.0.0.1:{server.port}")
+    send = lambda seq, op, **kw: sock.send_multipart(protocol.encode({"v": 1, "seq": seq, "op": op, **kw}))  # noqa: E731
+    send(1, "reset", seed=0, arm=True)  # rendering keeps the server busy while the acts queue
+    send(2, "act", action=[1, 0, 0, 0])
+    send(3, "act", action=[0, 1, 0, 0])
+    replies = {}
+    for _ in range(3):
+        assert sock.poll(5000)
+        header, _ = protocol.decode(sock.recv_multipart())
+        replies[header["seq"]] = header["code"]
+    sock.close()
+    assert replies == {1: "ok", 2: "superseded", 3: "ok"}
+    assert server.counts["acts"] == 1
+
+
+def test_server_filters_nan_and_out_of_box_commands(server):
+    robot = remote_robot(port=server.port)
+    robot.reset(seed=0)
+    applied = robot.send_action(np.array([np.nan, 0, 0, 0.5], np.float32))
+    assert np.all(applied[:3] == 0) and "rejected_nonfinite" in robot.last_events
+    z0 = robot.observe()["proprio"][2]
+    for _ in range(60):  # drive down: the box floor (z = -0.15) is below the table, so the table stops it
+        robot.send_action(np.array([0, 0, -1, 0], np.float32))
+    assert robot.stats()["safety"]["rejected_nonfinite"] == 1
+    assert robot.observe()["proprio"][2] < z0
+
+
+def test_binding_beyond_loopback_needs_an_explicit_option(capsys):
+    with pytest.raises(ValueError, match="allow_remote"):
+        RobotServer(SimRobot(TASK, cameras=[]), SimRobot.DEFAULT_SAFETY, host="0.0.0.0")
+    RobotServer(SimRobot(TASK, cameras=[]), SimRobot.DEFAULT_SAFETY, host="0.0.0.0", allow_remote=True)
+    assert "WARNING" in capsys.readouterr().err
+
+
+def test_a_robot_error_stops_the_robot_and_the_server_keeps_serving():
+    class Flaky(SimRobot):
+        fail = False
+
+        def send_action(self, action):
+            if Flaky.fail:
+                raise OSError("arm controller fault")
+            return super().send_action(action)
+
+    srv = RobotServer(Flaky(TASK, cameras=[]), SimRobot.DEFAULT_SAFETY, port=0, task=TASK).start()
+    try:
+        robot = remote_robot(port=srv.port)
+        robot.reset(seed=0)
+        Flaky.fail = True
+        with pytest.raises(RuntimeError, match="arm controller fault"):
+            robot.send_action(np.zeros(4, np.float32))
+        assert srv.events[-1]["reason"].startswith("robot error")
+        Flaky.fail = False
+        with pytest.raises(RobotStopped):
+            robot.send_action(np.zeros(4, np.float32))
+        robot.reset(seed=1)  # a new episode re-arms
+        robot.send_action(np.zeros(4, np.float32))
+    finally:
+        srv.shutdown()
+
+
+def test_wrong_task_cameras_or_size_are_refused(server):
+    with pytest.raises(ValueError, match="runs task"):
+        make_env("metaworld/door-open", robot="remote", port=server.port, cameras=["corner"], image_size=48)
+    with pytest.raises(ValueError, match="serves cameras"):
+        make_env(TASK, robot="remote", port=server.port, cameras=["gripperPOV"], image_size=48)
+    with pytest.raises(ValueError, match="images are"):
+        make_env(TASK, robot="remote", port=server.port, cameras=["corner"], image_size=96)
+
+
+KILLED_CLIENT = """
+import sys, time, numpy as np
+from real.remote import remote_robot
+robot = remote_robot(port=int(sys.argv[1]))
+robot.reset(seed=0)
+print("acting", flush=True)
+while True:
+    robot.send_action(np.zeros(4, np.float32))
+    time.sleep(0.05)
+"""
+
+
+def test_killed_client_process_stops_the_robot_within_the_watchdog(server):
+    proc = subprocess.Popen([sys.executable, "-c", KILLED_CLIENT, str(server.port)], stdout=subprocess.PIPE, text=True, cwd=ROOT)
+    assert proc.stdout.readline().strip() == "acting"
+    time.sleep(0.3)
+    assert server.armed and not server.events
+    t_kill = time.monotonic()
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    time.sleep(0.5)
+    assert len(server.events) == 1
+    assert server.events[0]["t"] - t_kill < 0.26  # within 200 ms of the last command (+ a poll)
+
+
+def test_server_cli_serves_and_stops_on_sigterm(tmp_path):
+    port = 5789
+    proc = subprocess.Popen(
+        [str(Path(sys.executable).parent / "stepwise-robot-server"), "robot=sim", f"task={TASK}", f"port={port}",
+         "robot.cameras=[corner]", "robot.image_size=32", f"hydra.run.dir={tmp_path}"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT, env={**os.environ, "MUJOCO_GL": "egl"},
+    )
+    try:
+        lines = [proc.stdout.readline() for _ in range(1)]
+        while "tcp://" not in lines[-1] and lines[-1] and len(lines) < 20:  # skip library chatter
+            lines.append(proc.stdout.readline())
+        assert "tcp://127.0.0.1:5789" in lines[-1], lines
+        env = make_env(TASK, robot="remote", port=port, cameras=["corner"], image_size=32, max_episode_steps=5)
+        obs, _ = env.reset(seed=0)
+        assert obs["images"]["corner"].shape == (32, 32, 3)
+        for _ in range(5):
+            *_, truncated, info = env.step(np.zeros(4, np.float32))
+        assert truncated and not info["success"]
+        env.close()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=30)
+    assert proc.returncode == 0, out
+    assert "stopped" in out
+
+
+def test_server_cli_refuses_bad_settings(tmp_path):
+    exe = str(Path(sys.executable).parent / "stepwise-robot-server")
+    r = subprocess.run([exe, "robot=sim", "task=metaworld/no-such-task", f"hydra.run.dir={tmp_path}"], capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode == 2 and "no-such-task" in r.stderr
+    r = subprocess.run([exe, "robot=sim", f"task={TASK}", "host=0.0.0.0", f"hydra.run.dir={tmp_path}"], capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode == 2 and "allow_remote" in r.stderr
