@@ -23,6 +23,7 @@ import logging
 import sys
 import threading
 import time
+from dataclasses import asdict
 from typing import Any
 
 import numpy as np
@@ -251,6 +252,7 @@ class RobotServer:
             ident, req,
             task=self.task, instruction=self.instruction, ground_truth=isinstance(self.robot, GroundTruth),
             watchdog_ms=self.watchdog_s * 1000.0, armed=self.armed,
+            safety={k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(self.robot.limits).items()},
             observation_spec={"cameras": list(o.cameras), "image_size": list(o.image_size), "proprio_dim": o.proprio_dim,
                               "state_dim": o.state_dim, "proprio_names": list(o.proprio_names)},
             action_spec={"dim": a.dim, "names": list(a.names), "low": a.low, "high": a.high,

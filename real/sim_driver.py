@@ -66,6 +66,7 @@ class SimRobot:
             from sim import SimTask
 
             self._task = SimTask(self._spec, **self._kwargs)
+            self._has_episode = False
 
     def _require(self):
         if self._task is None:
@@ -73,8 +74,13 @@ class SimRobot:
         return self._task
 
     def observe(self) -> Observation:
-        """Images of every camera, proprio and (optionally) the privileged state."""
+        """Images of every camera, proprio and (optionally) the privileged state.
+
+        Before the first reset the scene is the split's first variant (a robot at rest has a pose)."""
         task = self._require()
+        if not self._has_episode:
+            task.reset(0)
+            self._has_episode = True
         obs: Observation = {
             "images": task.render() if task.rig is not None else {},
             "proprio": task.proprio,
@@ -93,6 +99,7 @@ class SimRobot:
         """New episode; ``seed`` picks the task variant within this driver's split."""
         self.connect()
         self._task.reset(seed)
+        self._has_episode = True
         return self.observe()
 
     def task_signals(self) -> dict[str, float]:

@@ -10,6 +10,7 @@ below are what the drivers share: config checks, action clipping and the camera 
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -27,7 +28,10 @@ def check_positive(driver: str, key: str, value: Any, unit: str) -> float:
     except (TypeError, ValueError):
         v = float("nan")
     if not (math.isfinite(v) and v > 0):
-        raise ValueError(f"{driver}: {key} must be a positive number ({unit}), got {value!r}; fix {key} in the robot config")
+        raise ValueError(
+            f"{driver}: {key} must be a positive number ({unit}), "
+            f"got {value!r}; fix {key} in the robot config"
+        )
     return v
 
 
@@ -38,7 +42,10 @@ def check_range(driver: str, key: str, value: Any, low: float, high: float, unit
     except (TypeError, ValueError):
         v = float("nan")
     if not low <= v <= high:  # also rejects NaN
-        raise ValueError(f"{driver}: {key} must be in [{low}, {high}] {unit}, got {value!r}; fix {key} in the robot config")
+        raise ValueError(
+            f"{driver}: {key} must be in [{low}, {high}] {unit}, "
+            f"got {value!r}; fix {key} in the robot config"
+        )
     return v
 
 
@@ -56,7 +63,10 @@ def check_vector(driver: str, key: str, value: Any, length: int, meaning: str) -
     except (TypeError, ValueError):
         vec = ()
     if len(vec) != length or not all(math.isfinite(v) for v in vec):
-        raise ValueError(f"{driver}: {key} must be {length} finite numbers ({meaning}), got {value!r}; fix {key} in the robot config")
+        raise ValueError(
+            f"{driver}: {key} must be {length} finite numbers ({meaning}), "
+            f"got {value!r}; fix {key} in the robot config"
+        )
     return vec
 
 
@@ -72,7 +82,10 @@ def clip_action(driver: str, action: Any) -> np.ndarray:
     """The action as float32 (4,) clipped to [-1, 1]; rejects wrong shapes and NaN before any hardware call."""
     a = np.asarray(action, dtype=np.float32)
     if a.shape != (4,):
-        raise ValueError(f"{driver}: action has shape {a.shape}, expected (4,) (end-effector dx, dy, dz, gripper in [-1, 1])")
+        raise ValueError(
+            f"{driver}: action has shape {a.shape}, "
+            "expected (4,) (end-effector dx, dy, dz, gripper in [-1, 1])"
+        )
     if not np.all(np.isfinite(a)):
         raise ValueError(f"{driver}: action contains NaN or inf: {a.tolist()}; check the policy's output")
     return np.clip(a, -1.0, 1.0)
@@ -137,7 +150,7 @@ class CameraRig:
             images[name] = frame
         return images
 
-    def close(self, log) -> None:
+    def close(self, log: logging.Logger) -> None:
         """Close every camera; a failing one is logged and the rest still close."""
         for name, cam in self.cameras.items():
             try:

@@ -42,8 +42,9 @@ class LeRobotAdapter:
         camera_keys: ``observation key -> camera name``; frames are resized to ``image_size``.
         image_size: int or ``(height, width)``.
         control_hz: the deploy loop's rate (and the home move's step rate).
-        ee_step_m: metres per action unit per step when the actions are end-effector deltas
-            (then the safety layer can work in metres); ``None`` otherwise.
+        ee_step_m: metres per action unit per step when the actions are end-effector deltas (the
+            safety layer bounds motion through it); ``None`` otherwise, and then the safety
+            layer's motion limits must be disabled explicitly.
         home_action: LeRobot action (key -> value) of the home pose; ``reset()`` interpolates to it
             from the observed values of the same keys. ``None``: ``reset()`` does not move.
         home_duration_s: duration of the home move.
@@ -74,7 +75,10 @@ class LeRobotAdapter:
     ) -> None:
         name = "LeRobotAdapter"
         if (robot is None) == (robot_factory is None):
-            raise ValueError("LeRobotAdapter: give exactly one of robot (an object) and robot_factory ('module:callable')")
+            raise ValueError(
+                "LeRobotAdapter: give exactly one of robot (an object) "
+                "and robot_factory ('module:callable')"
+            )
         if robot_factory is not None and (robot_factory.count(":") != 1 or not all(robot_factory.split(":"))):
             raise ValueError(f"LeRobotAdapter: robot_factory must be 'module:callable', got {robot_factory!r}")
         self._robot = robot
@@ -83,17 +87,28 @@ class LeRobotAdapter:
         self.action_keys = _check_keys("action_keys", action_keys)
         self.action_scales = np.array(check_vector(name, "action_scales", action_scales, 4, "one per action key"))
         if np.any(self.action_scales == 0):
-            raise ValueError(f"LeRobotAdapter: action_scales has a zero ({list(action_scales)}); every key needs a non-zero scale")
+            raise ValueError(
+                f"LeRobotAdapter: action_scales has a zero ({list(action_scales)}); "
+                "every key needs a non-zero scale"
+            )
         self.action_offsets = np.array(check_vector(name, "action_offsets", action_offsets, 4, "one per action key"))
         if proprio_keys is None:
-            raise ValueError("LeRobotAdapter: proprio_keys is required: the 4 observation keys for hand_x, hand_y, hand_z, gripper opening")
+            raise ValueError(
+                "LeRobotAdapter: proprio_keys is required: "
+                "the 4 observation keys for hand_x, hand_y, hand_z, gripper opening"
+            )
         self.proprio_keys = _check_keys("proprio_keys", proprio_keys)
         self.proprio_scales = np.array(check_vector(name, "proprio_scales", proprio_scales, 4, "one per proprio key"))
-        self.proprio_offsets = np.array(check_vector(name, "proprio_offsets", proprio_offsets, 4, "one per proprio key"))
+        self.proprio_offsets = np.array(
+            check_vector(name, "proprio_offsets", proprio_offsets, 4, "one per proprio key")
+        )
         self.camera_keys = {str(k): str(v) for k, v in (camera_keys or {}).items()}
         self.image_size = check_image_size(image_size)
         self.control_hz = check_positive(name, "control_hz", control_hz, "Hz")
-        self.ee_step_m = None if ee_step_m is None else check_positive(name, "ee_step_m", ee_step_m, "metres per action unit per step")
+        self.ee_step_m = (
+            None if ee_step_m is None
+            else check_positive(name, "ee_step_m", ee_step_m, "metres per action unit per step")
+        )
         self.home_action = None if home_action is None else {str(k): float(v) for k, v in home_action.items()}
         self.home_duration_s = check_positive(name, "home_duration_s", home_duration_s, "s")
         self.stop_action = None if stop_action is None else {str(k): float(v) for k, v in stop_action.items()}
@@ -116,7 +131,10 @@ class LeRobotAdapter:
         for key, names, features, what in wanted:
             missing = [n for n in names if n not in features]
             if missing:
-                raise ValueError(f"LeRobotAdapter: {key} {missing} not in the robot's {what}; it has {sorted(features)}")
+                raise ValueError(
+                    f"LeRobotAdapter: {key} {missing} not in the robot's {what}; "
+                    f"it has {sorted(features)}"
+                )
 
     # --- connection -----------------------------------------------------------------------------
 
@@ -127,7 +145,10 @@ class LeRobotAdapter:
             try:
                 factory = getattr(importlib.import_module(module), attr)
             except (ImportError, AttributeError) as e:
-                raise ImportError(f"LeRobotAdapter: cannot load robot_factory {self.robot_factory!r} ({e}); is lerobot installed (pip install lerobot)?") from e
+                raise ImportError(
+                    f"LeRobotAdapter: cannot load robot_factory {self.robot_factory!r} ({e}); "
+                    "is lerobot installed (pip install lerobot)?"
+                ) from e
             robot = factory(**self.robot_kwargs)
             self._check_features(robot)
             self._robot = robot
@@ -156,14 +177,20 @@ class LeRobotAdapter:
     def _frame(self, key: str, frame: Any) -> np.ndarray:
         frame = np.asarray(frame)
         if frame.ndim != 3 or frame.shape[2] != 3 or frame.dtype != np.uint8:
-            raise RuntimeError(f"LeRobotAdapter: camera key {key!r} gave {frame.dtype} {frame.shape}, expected uint8 (H, W, 3) RGB")
+            raise RuntimeError(
+                f"LeRobotAdapter: camera key {key!r} gave {frame.dtype} {frame.shape}, "
+                "expected uint8 (H, W, 3) RGB"
+            )
         h, w = self.image_size
         if frame.shape[:2] == (h, w):
             return frame
         try:
             import cv2
         except ImportError as e:
-            raise ImportError(f"LeRobotAdapter: resizing {key!r} to {(h, w)} needs opencv: pip install 'stepwise[cameras]'") from e
+            raise ImportError(
+                f"LeRobotAdapter: resizing {key!r} to {(h, w)} needs opencv: "
+                "pip install 'stepwise[cameras]'"
+            ) from e
         return cv2.resize(frame, (w, h), interpolation=cv2.INTER_AREA)
 
     def ee_position(self) -> np.ndarray:
@@ -178,11 +205,20 @@ class LeRobotAdapter:
     def send_action(self, action: np.ndarray) -> np.ndarray:
         """Clip, map to the LeRobot action and send it; return the action the robot reports it sent.
 
-        Keys the robot leaves out of its returned action are reported as sent.
+        Keys the robot leaves out of its returned action are reported as sent. An exception from
+        the robot runs ``stop()`` and is raised as RuntimeError.
         """
         applied = clip_action("LeRobotAdapter", action)
+        robot = self._require()
         values = self.action_offsets + self.action_scales * applied.astype(np.float64)
-        sent = self._require().send_action({k: float(v) for k, v in zip(self.action_keys, values)}) or {}
+        try:
+            sent = robot.send_action({k: float(v) for k, v in zip(self.action_keys, values)}) or {}
+        except Exception as e:
+            try:
+                self.stop()
+            except Exception:
+                log.exception("LeRobotAdapter: stop failed while handling an error")
+            raise RuntimeError(f"LeRobotAdapter: the robot's send_action failed ({e}); it was stopped") from e
         for i, key in enumerate(self.action_keys):
             if key in sent:
                 applied[i] = (float(sent[key]) - self.action_offsets[i]) / self.action_scales[i]
@@ -244,5 +280,8 @@ class LeRobotAdapter:
 def _check_keys(key: str, value: Sequence[str]) -> tuple[str, ...]:
     names = () if isinstance(value, str) else tuple(str(n) for n in value)
     if len(names) != 4 or len(set(names)) != 4:
-        raise ValueError(f"LeRobotAdapter: {key} must be 4 distinct keys (for dx/hand_x, dy/hand_y, dz/hand_z, gripper), got {value!r}")
+        raise ValueError(
+            f"LeRobotAdapter: {key} must be 4 distinct keys "
+            f"(for dx/hand_x, dy/hand_y, dz/hand_z, gripper), got {value!r}"
+        )
     return names

@@ -89,8 +89,13 @@ class URRobot:
         self.control_hz = check_positive(name, "control_hz", control_hz, "Hz")
         self.ee_step_m = check_positive(name, "ee_step_m", ee_step_m, "metres per action unit per step")
         if home_pose is None:
-            raise ValueError("URRobot: home_pose is required: [x, y, z, rx, ry, rz] in metres and radians (rotation vector), read off the pendant")
-        self.home_pose = check_vector(name, "home_pose", home_pose, 6, "x, y, z in metres and rx, ry, rz rotation vector in radians")
+            raise ValueError(
+                "URRobot: home_pose is required: [x, y, z, rx, ry, rz] in metres and "
+                "radians (rotation vector), read off the pendant"
+            )
+        self.home_pose = check_vector(
+            name, "home_pose", home_pose, 6, "x, y, z in metres and rx, ry, rz rotation vector in radians"
+        )
         self.home_speed = check_range(name, "home_speed", home_speed, 1e-3, 0.25, "m/s")
         self.home_acceleration = check_positive(name, "home_acceleration", home_acceleration, "m/s^2")
         self.speed_acceleration = check_positive(name, "speed_acceleration", speed_acceleration, "m/s^2")
@@ -100,7 +105,10 @@ class URRobot:
         self.gripper = check_choice(name, "gripper", gripper, GRIPPERS)
         max_pin = 1 if self.gripper == "tool_digital_out" else 7
         if not (isinstance(gripper_pin, int) and 0 <= gripper_pin <= max_pin):
-            raise ValueError(f"URRobot: gripper_pin must be an int in [0, {max_pin}] for gripper={self.gripper}, got {gripper_pin!r}")
+            raise ValueError(
+                f"URRobot: gripper_pin must be an int in [0, {max_pin}] for gripper={self.gripper}, "
+                f"got {gripper_pin!r}"
+            )
         self.gripper_pin = gripper_pin
         self.gripper_close_high = bool(gripper_close_high)
         self.rig = CameraRig(cameras, image_size, max_frame_age_ms)
@@ -198,7 +206,9 @@ class URRobot:
             if self.mode == "servo":
                 pos = self._receive.getActualTCPPose()[:3]
                 target = [p + d for p, d in zip(pos, delta)] + list(self._held_rotvec)
-                ok = self._control.servoL(target, _SERVO_SPEED, _SERVO_ACCELERATION, dt, self.servo_lookahead_time, self.servo_gain)
+                ok = self._control.servoL(
+                    target, _SERVO_SPEED, _SERVO_ACCELERATION, dt, self.servo_lookahead_time, self.servo_gain
+                )
             else:
                 velocity = [d * self.control_hz for d in delta] + [0.0, 0.0, 0.0]
                 ok = self._control.speedL(velocity, self.speed_acceleration, dt)

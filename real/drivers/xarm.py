@@ -87,8 +87,13 @@ class XArmRobot:
         self.control_hz = check_positive(name, "control_hz", control_hz, "Hz")
         self.ee_step_m = check_positive(name, "ee_step_m", ee_step_m, "metres per action unit per step")
         if home_pose is None:
-            raise ValueError("XArmRobot: home_pose is required: [x, y, z, roll, pitch, yaw] in metres and degrees, read off UFactory Studio")
-        self.home_pose = check_vector(name, "home_pose", home_pose, 6, "x, y, z in metres and roll, pitch, yaw in degrees")
+            raise ValueError(
+                "XArmRobot: home_pose is required: [x, y, z, roll, pitch, yaw] in metres and "
+                "degrees, read off UFactory Studio"
+            )
+        self.home_pose = check_vector(
+            name, "home_pose", home_pose, 6, "x, y, z in metres and roll, pitch, yaw in degrees"
+        )
         self.home_speed = check_range(name, "home_speed", home_speed, 1e-3, 0.25, "m/s")
         self.home_acceleration = check_positive(name, "home_acceleration", home_acceleration, "m/s^2")
         self.home_timeout_s = check_positive(name, "home_timeout_s", home_timeout_s, "s")
@@ -96,7 +101,10 @@ class XArmRobot:
         self.gripper_open = float(gripper_open)
         self.gripper_closed = float(gripper_closed)
         if self.gripper == "xarm" and self.gripper_open == self.gripper_closed:
-            raise ValueError(f"XArmRobot: gripper_open and gripper_closed are both {gripper_open}; set them to the open and closed positions (default 850 and 0)")
+            raise ValueError(
+                f"XArmRobot: gripper_open and gripper_closed are both {gripper_open}; "
+                "set them to the open and closed positions (default 850 and 0)"
+            )
         self.gripper_speed = check_positive(name, "gripper_speed", gripper_speed, "r/min")
         self.rig = CameraRig(cameras, image_size, max_frame_age_ms)
         self._arm = None
@@ -118,9 +126,19 @@ class XArmRobot:
         try:
             arm = XArmAPI(self.host, is_radian=True)
         except Exception as e:
-            raise ConnectionError(f"XArmRobot: cannot connect to {self.host}: {e}. Check the IP and that the controller is on") from e
+            raise ConnectionError(
+                f"XArmRobot: cannot connect to {self.host}: {e}. "
+                "Check the IP and that the controller is on"
+            ) from e
         if not arm.connected:
-            raise ConnectionError(f"XArmRobot: no connection to {self.host}; check the IP and that the controller is on")
+            try:
+                arm.disconnect()  # stop the SDK's reconnect and report threads
+            except Exception:
+                log.exception("XArmRobot: disconnect after a failed connect failed")
+            raise ConnectionError(
+                f"XArmRobot: no connection to {self.host}; "
+                "check the IP and that the controller is on"
+            )
         self._arm = arm
         try:
             arm.register_error_warn_changed_callback(self._on_error_warn)
@@ -128,7 +146,10 @@ class XArmRobot:
             _check(arm.clean_warn(), "clean_warn()")
             _check(arm.clean_error(), "clean_error()")
             if arm.error_code:
-                raise XArmError(f"controller error {arm.error_code} persists after clean_error(); fix its cause (UFactory Studio shows it)")
+                raise XArmError(
+                    f"controller error {arm.error_code} persists after clean_error(); "
+                    "fix its cause (UFactory Studio shows it)"
+                )
             _check(arm.motion_enable(True), "motion_enable(True)")
             self._enter_servo_mode()
             if self.gripper == "xarm":
@@ -139,7 +160,10 @@ class XArmRobot:
             self.rig.connect()
         except Exception as e:
             self.close()
-            raise ConnectionError(f"XArmRobot: setting up {self.host} failed: {e} (gripper errors: set gripper: none if none is mounted)") from e
+            raise ConnectionError(
+                f"XArmRobot: setting up {self.host} failed: {e} "
+                "(gripper errors: set gripper: none if none is mounted)"
+            ) from e
 
     def _require(self):
         if self._arm is None:
@@ -236,7 +260,10 @@ class XArmRobot:
             applied[3] = self._apply_gripper(float(applied[3]))
         except Exception as e:
             self._stop_quietly()
-            raise RuntimeError(f"XArmRobot: {step} failed ({e}); the arm was stopped. Check UFactory Studio for errors, then reset()") from e
+            raise RuntimeError(
+                f"XArmRobot: {step} failed ({e}); the arm was stopped. "
+                "Check UFactory Studio for errors, then reset()"
+            ) from e
         return applied
 
     def _apply_gripper(self, value: float) -> float:
@@ -290,7 +317,10 @@ class XArmRobot:
             self._enter_servo_mode()
         except Exception as e:
             self._stop_quietly()
-            raise RuntimeError(f"XArmRobot: the home move failed ({e}); check home_pose is reachable and Studio shows no error") from e
+            raise RuntimeError(
+                f"XArmRobot: the home move failed ({e}); "
+                "check home_pose is reachable and Studio shows no error"
+            ) from e
         self._raise_pending_error()
         return self.observe()
 
@@ -314,7 +344,8 @@ class XArmRobot:
             return
         steps = [
             ("set_state(4)", lambda: _check(arm.set_state(STOP_STATE), "set_state(4)")),
-            ("release_error_warn_changed_callback", lambda: arm.release_error_warn_changed_callback(self._on_error_warn)),
+            ("release_error_warn_changed_callback",
+             lambda: arm.release_error_warn_changed_callback(self._on_error_warn)),
             ("disconnect", arm.disconnect),
         ]
         for label, step in steps:
