@@ -66,6 +66,12 @@ def check_config(cfg) -> None:
     get_task(cfg.task)  # UnknownTaskError names the known tasks
     if cfg.algo not in ALGOS:
         raise TrainConfigError(f"algo={cfg.algo!r} unknown: use one of {ALGOS}")
+    driver = cfg.robot.driver
+    if driver not in ("sim", "remote"):
+        raise TrainConfigError(
+            f"robot={driver}: the learner never imports a driver; serve it with "
+            f"`stepwise-robot-server robot={driver}` and train with robot=remote host=... port=..."
+        )
     if cfg.reward.source not in SOURCES:
         raise TrainConfigError(f"reward.source={cfg.reward.source!r} unknown: use one of {SOURCES}")
     if cfg.reward.shaping not in SHAPINGS:
@@ -527,15 +533,22 @@ def run(cfg, run_dir: str | Path) -> dict:
         judge = reward_models.load(cfg.reward.success_model) if cfg.reward.success_model else model
         thr = float(cfg.reward.success_threshold)
         success_fn = lambda o: float(judge.success_prob({c: o["images"][c][None] for c in cameras}, spec.instruction)[0]) > thr  # noqa: E731
+    # robot=remote: online and evaluation episodes run on the robot behind a stepwise-robot-server
+    # (its split, its safety layer and watchdog); the demonstrations still come from the simulator
+    robot_cfg = OmegaConf.to_container(cfg.robot, resolve=True)
+    if robot_cfg["driver"] == "sim":
+        robot_kw = {"safety": robot_cfg["safety"]}
+    else:
+        robot_kw = {"robot": "remote", **{k: v for k, v in robot_cfg.items() if k != "driver"}}
     env = make_env(cfg.task, cameras=env_cams, image_size=render_size, max_episode_steps=int(cfg.online.max_steps),
                    terminate_on_success=True, reward_mode="sim_dense" if cfg.reward.source == "sim_dense" else "sparse",
-                   success_reward=float(cfg.reward.success_reward), split="train", include_state=not image_policy)
+                   success_reward=float(cfg.reward.success_reward), split="train", include_state=not image_policy, **robot_kw)
     if success_fn is not None:
         env.success_fn = success_fn
     # the image policy is evaluated on frames made as in training (same render size, same resize)
     eval_env = make_env(cfg.task, cameras=view.cameras if image_policy else [], image_size=render_size,
                         max_episode_steps=int(cfg.online.max_steps), terminate_on_success=True, split="eval",
-                        include_state=not image_policy)
+                        include_state=not image_policy, **robot_kw)
     observe = view if image_policy else state_view
     act_dim = env.action_space.shape[0]
 

@@ -162,3 +162,26 @@ def test_cli_unknown_task_exits_with_the_known_names(tmp_path):
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
     assert "nope" in proc.stderr and "list_tasks" in proc.stderr
+
+
+def test_training_runs_through_the_robot_server(tmp_path):
+    """robot=remote: online and evaluation episodes go through a stepwise-robot-server (here the
+    simulator behind it, in this process); the learner never touches the driver."""
+    from real.server import RobotServer
+    from real.sim_driver import SimRobot
+
+    srv = RobotServer(SimRobot("metaworld/drawer-open", cameras=[], split="train"), SimRobot.DEFAULT_SAFETY,
+                      port=0, task="metaworld/drawer-open").start()
+    try:
+        report = run(cfg_of(*SMALL, "robot=remote", f"port={srv.port}"), tmp_path / "run")
+    finally:
+        srv.shutdown()
+    ck = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=False)
+    assert report["online_episodes"] == 2
+    # every online step and every evaluation step was a command to the served robot
+    eval_steps = sum(round(e["mean_length"] * e["episodes"]) for e in ck["state"]["evals"])
+    assert ck["state"]["env_steps"] > 0 and eval_steps > 0
+    # ... plus the final evaluation's steps, also on the served robot
+    assert srv.counts["acts"] > ck["state"]["env_steps"] + eval_steps
+    with pytest.raises(TrainConfigError, match="never imports a driver"):
+        check_config(cfg_of("robot=ur"))
