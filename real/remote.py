@@ -60,6 +60,7 @@ class RemoteRobot:
         self._obs: Observation | None = None  # from the last act/reset, handed out once by observe()
         self._signals: dict[str, float] | None = None
         self.last_events: list[str] = []
+        self.last_target: list[float] | None = None
 
     # -- transport ---------------------------------------------------------------------------
     def _open(self) -> None:
@@ -167,6 +168,7 @@ class RemoteRobot:
         header, obs = self._call("act", action=[float(x) for x in a])
         self._obs, self._signals = obs, header.get("signals")
         self.last_events = header.get("events", [])
+        self.last_target = header.get("target")  # the end-effector target the server's safety layer let through
         return np.asarray(header["applied"], np.float32)
 
     def observe(self) -> Observation:

@@ -196,6 +196,8 @@ class SafeRobot:
     Attributes:
         stats: counts of commands and of each safety event.
         last_events: the events of the last command.
+        last_target: the end-effector target (3,) the last command asked for, in metres (position
+            the check used + the sent delta); ``None`` when no position is known.
     """
 
     def __init__(self, robot: Robot, limits: SafetyLimits | Mapping[str, Any]) -> None:
@@ -203,6 +205,7 @@ class SafeRobot:
         self.limits = SafetyLimits.from_config(limits)
         self.stats: Counter = Counter({"commands": 0, **{e: 0 for e in EVENTS}})
         self.last_events: list[str] = []
+        self.last_target: np.ndarray | None = None
         self._position: np.ndarray | None = None
         self._gripper = 0.0
 
@@ -251,15 +254,18 @@ class SafeRobot:
 
     def check(self, action: np.ndarray) -> tuple[np.ndarray, list[str]]:
         """What :meth:`send_action` would send for ``action`` and why; moves nothing (dry runs)."""
+        return self._check(action)[:2]
+
+    def _check(self, action: np.ndarray) -> tuple[np.ndarray, list[str], np.ndarray | None]:
         spec = self.robot.action_spec
-        needs_pos = self.limits.is_on("workspace")
-        return filter_action(
-            action, self.position() if needs_pos else None, self.limits, spec.ee_step_m, spec.control_hz, self._gripper
-        )
+        pos = self.position() if self.limits.is_on("workspace") or spec.ee_step_m else None
+        safe, events = filter_action(action, pos, self.limits, spec.ee_step_m, spec.control_hz, self._gripper)
+        target = None if pos is None or not spec.ee_step_m else pos + safe[:3].astype(np.float64) * spec.ee_step_m
+        return safe, events, target
 
     def send_action(self, action: np.ndarray) -> np.ndarray:
         """Filter ``action`` through the limits, send it, return what the driver applied."""
-        safe, events = self.check(action)
+        safe, events, self.last_target = self._check(action)
         self.stats["commands"] += 1
         for e in events:
             self.stats[e] += 1

@@ -297,8 +297,10 @@ class RobotServer:
         self.counts["acts"] += 1
         applied = self.robot.send_action(action)
         obs = self._observe()
+        target = self.robot.last_target
         self._reply(ident, req, obs=obs, applied=np.asarray(applied, np.float32).tolist(),
-                    events=list(self.robot.last_events), signals=self._signals())
+                    events=list(self.robot.last_events), signals=self._signals(),
+                    target=None if target is None else target.tolist())
 
 
 def build_robot(robot_cfg: dict, task: str | None = None) -> tuple[Robot, dict]:

@@ -123,8 +123,10 @@ class SimRobot:
         self.stops = getattr(self, "stops", 0) + 1
 
     def ee_position(self) -> np.ndarray:
-        """End-effector position in metres, float64 (3,)."""
-        return self._require().proprio[:3].astype(np.float64)
+        """The end-effector set point in metres, float64 (3,): Meta-World's mocap target, which an
+        action moves by ``action * ee_step_m`` and the hand follows with a lag (as a servo target)."""
+        _, data = self._require().physics
+        return np.array(data.mocap_pos[0], dtype=np.float64)
 
     def close(self) -> None:
         """Free the simulator (idempotent)."""
