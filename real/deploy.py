@@ -118,6 +118,24 @@ class Operator:
                 self.verdict = False
 
 
+def observe_fresh(robot: Robot, retries: int, period_s: float, summary: dict) -> dict:
+    """``robot.observe()``, handling stale camera frames: hold the robot, wait a period, retry up
+    to ``retries`` times, then give up with the camera's error (the run's stop sequence follows)."""
+    from real.cameras import CameraError, StaleFrameError
+
+    for attempt in range(retries + 1):
+        try:
+            return robot.observe()
+        except (StaleFrameError, CameraError) as err:
+            summary["stale_frames"] = summary.get("stale_frames", 0) + 1
+            if attempt == retries or not isinstance(err, StaleFrameError):
+                raise
+            log.warning("%s: holding the robot and retrying (%d/%d)", err, attempt + 1, retries)
+            robot.stop()
+            time.sleep(period_s)
+    raise AssertionError("unreachable")
+
+
 def load_by_name(ref: str) -> Callable:
     """``"module:function"`` -> the function."""
     module, _, name = str(ref).partition(":")
@@ -213,7 +231,9 @@ def deploy(cfg, run_dir: str | Path, policy: Policy | None = None, operator_stre
         source, is_success = _success_source(cfg, robot, instruction, operator)
         summary["success_source"] = source
         spec = robot.action_spec
-        if cfg.record and not dry:
+        if cfg.record and not dry and not robot.observation_spec.cameras:
+            log.warning("the robot has no cameras: episodes are not recorded (the episode store holds camera episodes)")
+        elif cfg.record and not dry:
             writer = EpisodeWriter(run / "episodes.hdf5", env_args={"task": cfg.task, "source": "stepwise-deploy"})
         for ep in range(int(cfg.episodes)):
             # homing: the driver's reset is a slow move to its home pose (a sim picks the variant)
@@ -234,10 +254,10 @@ def deploy(cfg, run_dir: str | Path, policy: Policy | None = None, operator_stre
                     log.info("dry run: would send %s%s", np.round(safe, 3).tolist(), f" (safety: {', '.join(events)})" if events else "")
                     applied = safe
                     timer.tick()
-                    obs = robot.observe()
+                    obs = observe_fresh(robot, int(cfg.stale_retries), 1.0 / hz, summary)
                 else:
                     applied = np.asarray(robot.send_action(action), np.float32)
-                    obs = robot.observe()
+                    obs = observe_fresh(robot, int(cfg.stale_retries), 1.0 / hz, summary)
                     timer.tick()
                 last_gripper = float(applied[-1])
                 requested.append(action)

@@ -230,3 +230,34 @@ def test_deploy_cli_against_the_server_cli_and_sigterm(tmp_path):
     r = subprocess.run([str(bindir / "stepwise-deploy"), "robot=remote", f"task={TASK}", "port=5792", "robot.timeout_ms=300",
                         f"policy={policy}", f"hydra.run.dir={tmp_path / 'dep2'}"], capture_output=True, text=True, cwd=ROOT, env=env)
     assert r.returncode == 2 and "did not answer 'hello'" in r.stderr
+
+
+def test_stale_frames_hold_the_robot_then_stop_it(tmp_path, monkeypatch):
+    from real.cameras import StaleFrameError
+
+    calls = []
+    monkeypatch.setattr(SimRobot, "stop", lambda self: calls.append("stop"))
+    observe = SimRobot.observe
+    stale = {"left": 2}
+
+    def flaky_observe(self):
+        if stale["left"] > 0 and calls.count("act") >= 3:
+            stale["left"] -= 1
+            raise StaleFrameError("corner", 250.0, 100.0)
+        return observe(self)
+
+    monkeypatch.setattr(SimRobot, "observe", flaky_observe)
+
+    class Counting:
+        def act(self, obs):
+            calls.append("act")
+            return np.zeros(4, np.float32)
+
+    cfg = deploy_cfg("robot=sim", "robot.cameras=[]", "episodes=1", "max_steps=10", "hz=200", "stale_retries=3")
+    s = deploy(cfg, tmp_path / "a", policy=Counting())
+    assert s["steps"] == 10 and s["stale_frames"] == 2 and s["stopped_by"] is None
+    assert calls.count("stop") == 3  # held twice, then the end-of-run stop
+    stale["left"], calls[:] = 100, []
+    with pytest.raises(StaleFrameError, match="corner"):
+        deploy(cfg, tmp_path / "b", policy=Counting())
+    assert calls[-1] == "stop"
