@@ -295,6 +295,11 @@ def deploy(cfg, run_dir: str | Path, policy: Policy | None = None, operator_stre
         log.error("stopping on an error: %s", err)
         raise
     finally:
+        if not isinstance(robot, SafeRobot) and hasattr(robot, "stats"):
+            try:  # a remote robot's safety layer runs on its server: fetch its counts for the summary
+                summary["safety"] = robot.stats()["safety"]
+            except Exception:  # noqa: BLE001 - a lost link: the summary says so below
+                summary["safety"] = "unavailable: the robot server did not answer"
         try:
             robot.stop()
         except Exception as err:  # noqa: BLE001 - the stop sequence in close() still runs
@@ -308,8 +313,6 @@ def deploy(cfg, run_dir: str | Path, policy: Policy | None = None, operator_stre
             summary["timing"] = timer.stats()
             if isinstance(robot, SafeRobot):
                 summary["safety"] = robot.summary()
-            elif hasattr(robot, "last_events"):
-                summary["safety"] = "applied by the robot server (its stats op / log)"
             (run / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
     return summary
 

@@ -261,3 +261,33 @@ def test_stale_frames_hold_the_robot_then_stop_it(tmp_path, monkeypatch):
     with pytest.raises(StaleFrameError, match="corner"):
         deploy(cfg, tmp_path / "b", policy=Counting())
     assert calls[-1] == "stop"
+
+
+def test_success_from_a_reward_model(tmp_path):
+    """success=reward_model: the shipped progress model's success_prob, thresholded, ends episodes."""
+    import reward_models
+
+    model = reward_models.load("general")
+    over = ["robot=sim", f"robot.cameras=[{','.join(model.cameras)}]", f"robot.image_size={model.image_size[0]}",
+            "success=reward_model", "success_model=general", "episodes=1", "max_steps=4", "hz=100"]
+
+    class Still:
+        def act(self, obs):
+            return np.zeros(4, np.float32)
+
+    s = deploy(deploy_cfg(*over, "success_threshold=0.0"), tmp_path / "a", policy=Still())
+    assert s["success_source"] == "reward_model" and s["successes"] == 1 and s["steps"] == 1  # P(done) > 0 at once
+    s = deploy(deploy_cfg(*over, "success_threshold=1.0"), tmp_path / "b", policy=Still())
+    assert s["successes"] == 0 and s["steps"] == 4  # P(done) > 1 never
+    with EpisodeStore(tmp_path / "a" / "episodes.hdf5") as store:
+        assert store[0].success and store[0].extra_attrs.get("success_source") == "reward_model"
+
+
+def test_remote_summary_carries_the_servers_safety_counts(server, tmp_path):
+    class Wild:
+        def act(self, obs):
+            return np.array([np.nan, 0, 0, 0], np.float32)
+
+    cfg = deploy_cfg("robot=remote", f"port={server.port}", "episodes=1", "max_steps=3", "hz=100")
+    s = deploy(cfg, tmp_path, policy=Wild())
+    assert s["safety"]["rejected_nonfinite"] == 3
