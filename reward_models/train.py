@@ -154,17 +154,32 @@ def validation_voc(model: StepPRM, episodes) -> float:
     return float(np.nanmean(vocs))
 
 
+# reward=<kind> -> "module:function(cfg) -> the trained model (saved to cfg.out)"
+TRAINERS = {
+    "step_prm": "reward_models.train:train",
+    "tcn": "reward_models.tcn:train_from_config",
+    "perceptual": "reward_models.perceptual:fit_from_config",
+}
+
+
 def main() -> None:
-    """Console entry point (Hydra): ``stepwise-train-rm reward=step_prm data=... out=...``."""
+    """Console entry point (Hydra): ``stepwise-train-rm reward=<kind> data=... out=...``."""
     import hydra
 
     @hydra.main(config_path="../configs", config_name="train_rm", version_base="1.3")
     def _run(cfg) -> None:
+        import importlib
+
         from episodes import StoreError
         from reward_models.base import CheckpointError
 
+        kind = cfg.reward.kind
+        if kind not in TRAINERS:
+            print(f"stepwise-train-rm: error: reward={kind} has no trainer; use one of {sorted(TRAINERS)}", file=sys.stderr)
+            sys.exit(2)
+        module, fn = TRAINERS[kind].split(":")
         try:
-            model = train(cfg)
+            model = getattr(importlib.import_module(module), fn)(cfg)
         except (StoreError, CheckpointError, FileNotFoundError, ValueError) as err:
             print(f"stepwise-train-rm: error: {err}", file=sys.stderr)
             sys.exit(2)
