@@ -98,6 +98,7 @@ class Operator:
         self.stream = stream if stream is not None else sys.stdin
         self.enabled = enabled and self.stream is not None and (stream is not None or self.stream.isatty())
         self.stop = threading.Event()
+        self.stop_reason = "stop key"
         self.verdict: bool | None = None
 
     def poll(self) -> None:
@@ -220,7 +221,9 @@ def deploy(cfg, run_dir: str | Path, policy: Policy | None = None, operator_stre
                                "steps": 0, "would_change": 0, "stopped_by": None, "episode_results": []}
 
     def on_sigterm(*_):
-        raise StopRequested("SIGTERM")
+        # only a flag: raising here could land inside logging or a socket call and be swallowed
+        operator.stop_reason = "SIGTERM"
+        operator.stop.set()
 
     previous = signal.signal(signal.SIGTERM, on_sigterm) if threading.current_thread() is threading.main_thread() else None
     robot, limits = build_deploy_robot(cfg)
@@ -236,6 +239,8 @@ def deploy(cfg, run_dir: str | Path, policy: Policy | None = None, operator_stre
         elif cfg.record and not dry:
             writer = EpisodeWriter(run / "episodes.hdf5", env_args={"task": cfg.task, "source": "stepwise-deploy"})
         for ep in range(int(cfg.episodes)):
+            if operator.stop.is_set():
+                raise StopRequested(operator.stop_reason)
             # homing: the driver's reset is a slow move to its home pose (a sim picks the variant)
             obs = robot.observe() if dry else robot.reset(seed=int(cfg.seed) + ep)
             frames, proprio, states, actions, requested, rewards = [obs["images"]], [obs["proprio"]], [obs.get("state")], [], [], []
@@ -245,7 +250,7 @@ def deploy(cfg, run_dir: str | Path, policy: Policy | None = None, operator_stre
             for _ in range(int(cfg.max_steps)):
                 operator.poll()
                 if operator.stop.is_set():
-                    raise StopRequested("stop key")
+                    raise StopRequested(operator.stop_reason)
                 action = np.asarray(policy.act(obs), np.float32)
                 if dry:
                     safe, events = filter_action(action, np.asarray(obs["proprio"][:3], float), limits, spec.ee_step_m,
