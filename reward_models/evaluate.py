@@ -4,6 +4,7 @@ Usage::
 
     stepwise-eval-rm model=general data=data/demos out=results/eval_rm
     stepwise-eval-rm model=runs/prm/ckpt data=[a.hdf5,b.hdf5] out=out reference=none
+    stepwise-eval-rm model=perceptual:pixels fit_demos=1 demo_data=data/heldout_demo data=data/heldout_eval out=out
 
 writes ``out/report.json`` (every number), ``out/report.md`` (tables) and PNG plots. The same
 evaluation is available in Python as :func:`evaluate` (returns the JSON-able results dict) and
@@ -28,6 +29,13 @@ Metrics per task (overall = mean over tasks):
 Reference demonstration (``reference="first_success"``): per task, the first successful expert
 episode is passed as ``reference=`` to the model and is excluded from the scored episodes, so
 anchors never come from the episode being scored.
+
+Models fitted per task (``model=perceptual:<encoder> fit_demos=1``): the perceptual-feature reward
+(:mod:`reward_models.perceptual`) is fitted for each task in the eval stores from that task's first
+``fit_demos`` successful expert episodes, taken from ``demo_data`` first and then from the eval
+stores themselves (:func:`fit_per_task`); episodes used for fitting are never scored. Scoring is
+then the same as for any model (the reference rule still applies, so with ``fit_demos=1`` and a
+separate demo store the scored set equals that of a checkpoint's evaluation).
 """
 
 from __future__ import annotations
@@ -167,8 +175,38 @@ def _mean(values: Iterable[float | None]) -> float | None:
 # --------------------------------------------------------------------------- scorers
 
 
+class PerTaskModels:
+    """One reward model per task, fitted for an evaluation (e.g. the perceptual reward from a
+    task's first demonstrations); :func:`evaluate` scores each episode with its task's model.
+
+    Attributes:
+        models: task -> model (each with ``progress``/``success_prob``/``score``).
+        cameras: the rig every model uses.
+        kind: the models' kind; path: a name for the report (e.g. ``perceptual:pixels``).
+        excluded: (store path, episode index) of every episode used for fitting: never scored.
+        fit_info: task -> {"demos": [labels], "seconds": fit seconds, ...}.
+    """
+
+    def __init__(self, models: dict[str, Any], cameras: Sequence[str], kind: str, path: str,
+                 excluded: Iterable[tuple[str, int]] = (), fit_info: dict | None = None) -> None:
+        if not models:
+            raise ValueError("PerTaskModels needs at least one task's model")
+        self.models, self.cameras, self.kind, self.path = dict(models), list(cameras), kind, path
+        self.excluded = {(str(p), int(i)) for p, i in excluded}
+        self.fit_info = fit_info or {}
+
+    def for_task(self, task: str) -> Any:
+        """The model of ``task``; ValueError naming the fitted tasks when there is none."""
+        if task not in self.models:
+            raise ValueError(f"no model was fitted for task {task!r} (fitted: {sorted(self.models)}): "
+                             "give demonstrations of it in demo_data or the eval stores")
+        return self.models[task]
+
+
 def model_accepts_cameras(model: Any) -> bool:
     """Whether ``model.progress`` takes a ``cameras=`` argument (single-camera ablation possible)."""
+    if isinstance(model, PerTaskModels):
+        model = next(iter(model.models.values()))
     try:
         params = inspect.signature(model.progress).parameters.values()
     except (TypeError, ValueError):
@@ -192,14 +230,15 @@ def model_scorer(model: Any, cameras: Sequence[str] | None = None) -> Scorer:
                 f"({list(cams)}); evaluate on stores rendered with those cameras"
             )
         frames = {c: episode.images[c][idx] for c in cams}
-        if want_success and hasattr(model, "score"):  # one pass for both outputs
-            prog, succ = model.score(frames, episode.instruction, reference=reference, **kwargs)
+        m = model.for_task(episode.task) if isinstance(model, PerTaskModels) else model
+        if want_success and hasattr(m, "score"):  # one pass for both outputs
+            prog, succ = m.score(frames, episode.instruction, reference=reference, **kwargs)
             return _check_output("progress", prog, len(idx)), _check_output("success_prob", succ, len(idx))
-        prog = _check_output("progress", model.progress(frames, episode.instruction, reference=reference, **kwargs), len(idx))
+        prog = _check_output("progress", m.progress(frames, episode.instruction, reference=reference, **kwargs), len(idx))
         succ = None
         if want_success:
             succ = _check_output(
-                "success_prob", model.success_prob(frames, episode.instruction, reference=reference, **kwargs), len(idx)
+                "success_prob", m.success_prob(frames, episode.instruction, reference=reference, **kwargs), len(idx)
             )
         return prog, succ
 
@@ -237,6 +276,94 @@ def dense_reward_scorer() -> Scorer:
         return values, (values.copy() if want_success else None)
 
     return score
+
+
+# --------------------------------------------------------------------------- models fitted per task
+
+RECIPES = ("perceptual",)
+"""Model kinds :func:`fit_per_task` can fit per task: ``model=<kind>:<encoder>``."""
+
+
+def fit_demos_per_task(
+    stores: Sequence[Path], demo_stores: Sequence[Path], fit_demos: int, cameras: Sequence[str] | None = None
+) -> dict[str, list[tuple[Path, int, Any]]]:
+    """Per task of ``stores``, its first ``fit_demos`` successful expert episodes: from
+    ``demo_stores`` first, then from ``stores`` (in store order); task -> [(store, index, Episode)]."""
+    from episodes import EpisodeStore
+
+    tasks: set[str] = set()
+    for path in stores:
+        with EpisodeStore(path) as store:
+            tasks |= {store.episode_attrs(i)["task"] for i in range(len(store))}
+    chosen: dict[str, list[tuple[Path, int, Any]]] = {t: [] for t in tasks}
+    seen: set[tuple[str, int]] = set()
+    for path in [*demo_stores, *stores]:
+        with EpisodeStore(path, cameras=list(cameras) if cameras else None) as store:
+            for i in range(len(store)):
+                attrs = store.episode_attrs(i)
+                picked = chosen.get(attrs["task"])
+                key = (str(Path(path).resolve()), i)
+                if picked is None or len(picked) >= fit_demos or key in seen:
+                    continue
+                if attrs["success"] and attrs["kind"] == "expert":
+                    seen.add(key)
+                    picked.append((Path(path), i, store[i]))
+    return chosen
+
+
+def fit_per_task(
+    recipe: str,
+    stores: str | os.PathLike | Iterable[str | os.PathLike],
+    demo_data: str | os.PathLike | Iterable[str | os.PathLike] | None = None,
+    fit_demos: int = 1,
+    settings: dict | None = None,
+) -> PerTaskModels:
+    """Fit ``recipe`` (``perceptual:<encoder>``) for every task of ``stores``.
+
+    Args:
+        recipe: ``perceptual:<encoder name>`` (see :data:`reward_models.encoders.ENCODERS`).
+        stores: the eval stores (file, directory or list); their tasks get a model each.
+        demo_data: stores searched first for demonstrations (None: only ``stores``).
+        fit_demos: demonstrations per task (the first successful expert episodes found).
+        settings: ``configs/reward/perceptual.yaml`` keys overriding its defaults.
+
+    Returns:
+        :class:`PerTaskModels` whose ``excluded`` lists the fitting episodes taken from ``stores``.
+
+    Raises:
+        ValueError: an unknown recipe or encoder, or a task without enough demonstrations.
+    """
+    kind, _, encoder = str(recipe).partition(":")
+    if kind not in RECIPES or not encoder:
+        raise ValueError(f"model={recipe!r}: a per-task recipe is <kind>:<encoder> with kind in {RECIPES}, "
+                         "e.g. perceptual:pixels")
+    if int(fit_demos) < 1:
+        raise ValueError(f"fit_demos={fit_demos}: give at least 1 demonstration per task")
+    from omegaconf import OmegaConf
+
+    from reward_models import perceptual
+    from reward_models.encoders import ENCODERS
+
+    if encoder not in ENCODERS:
+        raise ValueError(f"model={recipe!r}: unknown encoder {encoder!r}, use one of {sorted(ENCODERS)}")
+    base = OmegaConf.to_container(OmegaConf.load(Path(__file__).resolve().parents[1] / "configs" / "reward" / "perceptual.yaml"))
+    kwargs = perceptual.fit_kwargs({**base, **(settings or {})})
+    eval_paths = resolve_stores(stores)
+    demo_paths = resolve_stores(demo_data) if demo_data else []
+    chosen = fit_demos_per_task(eval_paths, demo_paths, int(fit_demos), kwargs["cameras"])
+    eval_set = {str(p.resolve()) for p in eval_paths}
+    models, excluded, info = {}, [], {}
+    for task, demos in sorted(chosen.items()):
+        if len(demos) < int(fit_demos):
+            raise ValueError(f"task {task!r} has {len(demos)} successful expert demonstrations in demo_data and the "
+                             f"eval stores, fit_demos={fit_demos} asked: lower fit_demos or collect more")
+        models[task] = perceptual.fit([ep for _, _, ep in demos], encoder, **kwargs)
+        excluded += [(str(p), i) for p, i, _ in demos if str(p.resolve()) in eval_set]
+        cfg = models[task].cfg
+        info[task] = {"demos": [f"{p.name}:{i}" for p, i, _ in demos], "n_steps": cfg.n_steps,
+                      "bounds": cfg.fit_info["bounds"], "seconds": cfg.fit_info["seconds"]}
+    first = next(iter(models.values()))
+    return PerTaskModels(models, first.cameras, first.kind, str(recipe), excluded, info)
 
 
 # --------------------------------------------------------------------------- evaluation
@@ -312,7 +439,8 @@ def evaluate(
     """Score ``model`` on every episode of ``stores``; returns the JSON-serialisable results.
 
     Args:
-        model: a RewardModel (anything with ``progress``/``success_prob`` and ``cameras``).
+        model: a RewardModel (anything with ``progress``/``success_prob`` and ``cameras``), or a
+            :class:`PerTaskModels` (each task scored by its own model; its fitting episodes skipped).
         stores: a store file, a directory of ``*.hdf5`` stores, or a list of either.
         cameras_ablation: also score each camera alone (needs ``progress(..., cameras=[...])``).
         reference: ``first_success`` (per task, the first successful expert episode is the
@@ -364,6 +492,7 @@ def evaluate(
     if "sim_dense_gt" in baselines:
         scorers["sim_dense_gt"] = (dense_reward_scorer(), _Row(privileged=True))
     model_rows = [name for name in scorers if name == "model" or name.startswith("camera:")]
+    excluded = model.excluded if isinstance(model, PerTaskModels) else set()  # fitting episodes
 
     # references first, so that every scored episode of a task sees the same one
     references: dict[str, tuple[Path, int, Any]] = {}  # task -> (store, index, episode)
@@ -391,6 +520,11 @@ def evaluate(
                     info["stores"].append(str(path))
                 ref_path, ref_index, ref_episode = references.get(task, (None, None, None))
                 is_ref = (ref_path, ref_index) == (path, i)
+                if (str(path), i) in excluded:  # the model was fitted on it: never scored
+                    info["fit_excluded"] = info.get("fit_excluded", 0) + 1
+                    if is_ref:
+                        info["reference"] = f"{path.name}:{attrs['name']}"
+                    continue
                 if not is_ref and max_episodes_per_task is not None:
                     # half the budget each for successes and failures, so AUROC stays defined
                     cap_fail = max_episodes_per_task // 2
@@ -449,6 +583,7 @@ def evaluate(
         "settings": {
             "model": str(getattr(model, "path", None) or type(model).__name__),
             "model_kind": getattr(model, "kind", type(model).__name__),
+            "fit": getattr(model, "fit_info", None) if isinstance(model, PerTaskModels) else None,
             "cameras": cameras,
             "stores": [str(p) for p in paths],
             "episodes_scored": sum(t["scored"] for t in tasks.values()),
@@ -590,6 +725,9 @@ def _markdown(results: dict) -> str:
         f"- success threshold: chosen for {s['threshold_metric']} on the validation half; {s['split']}",
         f"- machine: {s['cpu_cores']} CPU cores ({s['cpu_cores_usable']} usable)",
     ]
+    if s.get("fit"):  # a model fitted per task: say on what, so nobody mistakes it for zero-shot
+        lines.append("- fitted per task (fitting episodes never scored): " + "; ".join(
+            f"{task}: {', '.join(f['demos'])} ({f['n_steps']} steps, {f['seconds']:.1f} s)" for task, f in s["fit"].items()))
     tp = results["throughput"]
     lines.append(f"- scoring throughput: {_fmt(tp['states_per_s'])} states/s ({tp['states']} states in "
                  f"{tp['model_seconds']:.1f} s of model calls; whole evaluation {tp['wall_seconds']:.1f} s)")
@@ -673,13 +811,25 @@ def run(cfg: Any) -> dict:
 
     data = OmegaConf.to_container(cfg.data) if OmegaConf.is_config(cfg.data) else cfg.data
     stores = resolve_stores(data)  # a wrong data= path fails before the (slower) model load
-    model = load(cfg.model, device=cfg.device)
+    if str(cfg.model).split(":", 1)[0] in RECIPES:  # fitted per task on its first demonstrations
+        demo = cfg.get("demo_data")
+        demo = OmegaConf.to_container(demo) if OmegaConf.is_config(demo) else demo
+        overrides = cfg.get("perceptual") or {}
+        overrides = OmegaConf.to_container(overrides) if OmegaConf.is_config(overrides) else dict(overrides)
+        if cfg.device is not None:
+            overrides["device"] = cfg.device
+        model = fit_per_task(str(cfg.model), stores, demo_data=demo, fit_demos=int(cfg.get("fit_demos", 1)),
+                             settings=overrides)
+    else:
+        model = load(cfg.model, device=cfg.device)
     results = evaluate(
         model, stores, cameras_ablation=bool(cfg.cameras_ablation), reference=str(cfg.reference),
         densities=list(cfg.densities), baselines=list(cfg.baselines), threshold_metric=str(cfg.threshold_metric),
         seed=int(cfg.seed), max_episodes_per_task=cfg.max_episodes_per_task, plot_episodes=int(cfg.plot_episodes),
     )
     results["settings"]["model"] = str(cfg.model)
+    if isinstance(model, PerTaskModels):
+        results["settings"]["fit_demos"] = int(cfg.get("fit_demos", 1))
     render_report(results, cfg.out)
     return results
 

@@ -159,6 +159,7 @@ TRAINERS = {
     "step_prm": "reward_models.train:train",
     "tcn": "reward_models.tcn:train_from_config",
     "perceptual": "reward_models.perceptual:fit_from_config",
+    "vlm_success": "reward_models.vlm_success:train_from_config",
 }
 
 
