@@ -75,7 +75,7 @@ def train(cfg) -> StepPRM:
         r = cfg.reward
         model = StepPRM(StepPRMConfig(cameras=tuple(r.cameras), image_size=(int(r.image_size), int(r.image_size)),
                                       encoder_size=int(r.encoder_size), width=int(r.width), dim=int(r.dim),
-                                      num_bins=int(r.num_bins), perspective=r.perspective, device=r.device))
+                                      num_bins=int(r.num_bins), perspective=r.model_perspective, device=r.device))
     episodes = load_episodes(cfg.data, model.cameras, cfg.max_episodes_per_task, resize_to=model.cfg.encoder_size)
     val = [ep for k, ep in enumerate(episodes) if cfg.val_every_nth and k % int(cfg.val_every_nth) == 0]
     train_eps = [ep for ep in episodes if not any(ep is v for v in val)] or episodes
