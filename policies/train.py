@@ -59,6 +59,9 @@ class TrainConfigError(ValueError):
     """A setting of stepwise-train that cannot work; the message names it and the fix."""
 
 
+REWARD_KINDS = ("step_prm", "perceptual")  # reward=<family>: the progress model shaping uses
+
+
 def check_config(cfg) -> None:
     """Refuse settings that cannot work, before anything is collected or trained."""
     from sim.tasks import get_task
@@ -86,6 +89,8 @@ def check_config(cfg) -> None:
         raise TrainConfigError("online.episodes must be >= 0 and online.max_steps >= 1")
     if int(cfg.eval.every) < 1 or int(cfg.eval.episodes) < 1 or int(cfg.eval.final_episodes) < 1:
         raise TrainConfigError("eval.every, eval.episodes and eval.final_episodes must be >= 1")
+    if cfg.reward.kind not in REWARD_KINDS:
+        raise TrainConfigError(f"reward={cfg.reward.kind}: stepwise-train shapes with one of {REWARD_KINDS}")
     if cfg.reward.shaping == "progress" and cfg.reward.perspective not in ("forward", "backward"):
         raise TrainConfigError(
             f"reward.perspective={cfg.reward.perspective!r}: shaping needs a state-only perspective "
@@ -143,6 +148,28 @@ def offline_threads(cfg) -> int:
     return int(cfg.offline_threads or os.cpu_count() or 1)
 
 
+def fit_perceptual_model(cfg, run: Path, demo_store: Path):
+    """Stage 2 for ``reward=perceptual``: the perceptual-feature reward fitted on ONE demonstration
+    (its steps discovered without labels), saved in the run directory."""
+    from omegaconf import OmegaConf
+
+    import reward_models
+    from reward_models.perceptual import fit, fit_kwargs, load_task_episodes
+
+    out = run / "reward_model"
+    if (out / "adapted.done").exists():
+        return reward_models.load(out)
+    rc = OmegaConf.to_container(cfg.reward, resolve=True)
+    if not rc.get("encoder"):
+        raise TrainConfigError("reward=perceptual needs reward.encoder=<name> (e.g. tcn, pixels, resnet18, clip)")
+    kwargs = fit_kwargs(rc, strict=False)
+    demos, _ = load_task_episodes(demo_store, kwargs["cameras"], max_demos=1)
+    model = fit(demos[:1], rc["encoder"], **kwargs)
+    model.save(out)
+    (out / "adapted.done").write_text(json.dumps({"from": f"perceptual:{rc['encoder']}", "demos": 1}))
+    return model
+
+
 def adapt_progress_model(cfg, run: Path, demo_store: Path):
     """Stage 2: the progress model, fine-tuned on ONE demonstration (``reward.adapt_steps``)."""
     from omegaconf import OmegaConf
@@ -150,6 +177,8 @@ def adapt_progress_model(cfg, run: Path, demo_store: Path):
     import reward_models
     from reward_models.train import train as train_rm
 
+    if cfg.reward.kind == "perceptual":
+        return fit_perceptual_model(cfg, run, demo_store)
     out = run / "reward_model"
     if (out / "adapted.done").exists():
         return reward_models.load(out)
@@ -500,9 +529,13 @@ def run(cfg, run_dir: str | Path) -> dict:
     # -- stages 1-2: demonstrations, progress model ------------------------------------------
     uses_model = cfg.reward.shaping == "progress" or cfg.reward.source == "success_prob"
     t0 = time.perf_counter()
-    model = reward_models.load(cfg.reward.model) if uses_model else None
-    cameras = tuple(model.cameras) if model is not None else ("corner", "corner2", "gripperPOV")
-    image_size = int(cfg.image_size or (model.image_size[0] if model is not None else 96))
+    perceptual = cfg.reward.kind == "perceptual"  # fitted from a demo below: its rig comes from its config
+    model = reward_models.load(cfg.reward.model) if uses_model and not perceptual else None
+    if model is not None:
+        cameras, model_size = tuple(model.cameras), model.image_size[0]
+    else:
+        cameras, model_size = tuple(cfg.reward.get("cameras") or ("corner", "corner2", "gripperPOV")), int(cfg.reward.get("image_size") or 96)
+    image_size = int(cfg.image_size or model_size)
     # the env renders what the reward model scores; the image policy adds its cameras, rendered at
     # the reward model's size and resized per step, or at its own size when no reward reads frames
     image_policy = cfg.policy == "image"  # its envs carry no state: it cannot read what a robot lacks
@@ -515,7 +548,7 @@ def run(cfg, run_dir: str | Path) -> dict:
     demo_store = collect_demos(cfg, run, tuple(env_cams) if image_policy else cameras, render_size)
     stage_done("collect_demos", t0)
     reference = None
-    if model is not None:
+    if uses_model:
         t0 = time.perf_counter()
         model = adapt_progress_model(cfg, run, demo_store)
         stage_done("adapt_reward_model", t0)

@@ -198,5 +198,5 @@ def _import_model_modules() -> None:
     """Import the modules that register model kinds (kept lazy: torch loads only when needed)."""
     import importlib
 
-    for module in ("reward_models.step_prm",):
+    for module in ("reward_models.step_prm", "reward_models.perceptual"):
         importlib.import_module(module)

@@ -360,7 +360,7 @@ def fit_per_task(
         models[task] = perceptual.fit([ep for _, _, ep in demos], encoder, **kwargs)
         excluded += [(str(p), i) for p, i, _ in demos if str(p.resolve()) in eval_set]
         cfg = models[task].cfg
-        info[task] = {"demos": [f"{p.name}:{i}" for p, i, _ in demos], "n_steps": cfg.n_steps,
+        info[task] = {"demos": [f"{p.parent.name}/{p.name}:{i}" for p, i, _ in demos], "n_steps": cfg.n_steps,
                       "bounds": cfg.fit_info["bounds"], "seconds": cfg.fit_info["seconds"]}
     first = next(iter(models.values()))
     return PerTaskModels(models, first.cameras, first.kind, str(recipe), excluded, info)

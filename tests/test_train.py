@@ -185,3 +185,24 @@ def test_training_runs_through_the_robot_server(tmp_path):
     assert srv.counts["acts"] > ck["state"]["env_steps"] + eval_steps
     with pytest.raises(TrainConfigError, match="never imports a driver"):
         check_config(cfg_of("robot=ur"))
+
+
+def test_perceptual_reward_is_fitted_on_one_demo_and_shapes(tmp_path):
+    """reward=perceptual: the perceptual-feature reward fitted from ONE demo (pixels encoder here,
+    to keep it short) gives the potentials; resuming reuses the fitted model."""
+    out = tmp_path / "run"
+    over = [o for o in SMALL if not o.startswith(("reward.shaping", "demos"))]
+    over += ["reward=perceptual", "reward.encoder=pixels", "reward.shaping=progress", "demos=2", "online.episodes=1",
+             "reward.cameras=[corner]", "reward.n_steps=2"]
+    run(cfg_of(*over), out)
+    import reward_models
+
+    model = reward_models.load(out / "reward_model")
+    assert model.kind == "perceptual" and model.cameras == ("corner",)
+    ck = torch.load(out / "checkpoint.pt", weights_only=False)
+    row = ck["state"]["history"][0]
+    assert row["shaping"] != 0.0 and 0.0 <= row["phi_mean"] <= 1.0
+    report = json.loads((out / "report.json").read_text())
+    assert report["demo_final_progress"][0] > 0.7  # the demo it was fitted on ends near full progress
+    with pytest.raises(TrainConfigError, match="reward.encoder"):
+        run(cfg_of(*[o for o in over if not o.startswith("reward.encoder")]), tmp_path / "run2")
