@@ -31,6 +31,9 @@ VARIANTS = {  # name -> stepwise-train overrides
     "sparse": ["reward.shaping=none"],
     "dense": ["reward.source=sim_dense", "reward.shaping=none"],
     "oracle": ["reward.shaping=oracle"],
+    # the perceptual-feature reward fitted on ONE demo, as the potential (issue 7)
+    "perceptual_tcn": ["reward=perceptual", "reward.encoder=tcn", "reward.shaping=progress"],
+    "perceptual_pixels": ["reward=perceptual", "reward.encoder=pixels", "reward.shaping=progress"],
 }
 CHECKPOINTS = (10, 20, 50, 100, 150)
 
@@ -109,7 +112,8 @@ def write_table(runs_dir: Path, out: Path) -> None:
         "Variants: `progress` = sparse success + lambda 5 shaping from the adapted step-PRM (forward perspective); "
         "`sparse` = success reward only; `dense` = Meta-World's hand-written dense reward (reference); `oracle` = "
         "sparse + shaping from a privileged simulator potential (the dense reward / 10), the ceiling a learned "
-        "progress model can approach.", "",
+        "progress model can approach; `perceptual_<encoder>` = sparse + lambda 5 shaping from the perceptual-feature "
+        "reward fitted on ONE demonstration with that encoder.", "",
         "| run | online eps | " + " | ".join(f"@{c}" for c in CHECKPOINTS) + " | final (50 eps) | first 100% at | hacking eps | wall min |",
         "|---|---|" + "---|" * (len(CHECKPOINTS) + 4),
     ]
