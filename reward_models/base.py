@@ -198,5 +198,5 @@ def _import_model_modules() -> None:
     """Import the modules that register model kinds (kept lazy: torch loads only when needed)."""
     import importlib
 
-    for module in ("reward_models.step_prm", "reward_models.perceptual"):
+    for module in ("reward_models.step_prm", "reward_models.perceptual", "reward_models.vlm_success"):
         importlib.import_module(module)
