@@ -86,7 +86,7 @@ class PixelEncoder:
         for i in range(g):
             for j in range(g):
                 out[:, i, j] = f[:, ys[i]:ys[i + 1], xs[j]:xs[j + 1]].mean(axis=(1, 2))
-        return (out / 255.0).reshape(t, -1)
+        return (out / 255.0).reshape(t, self.feature_dim)
 
     def config(self) -> dict:
         """Rebuild kwargs."""
