@@ -206,3 +206,17 @@ def test_perceptual_reward_is_fitted_on_one_demo_and_shapes(tmp_path):
     assert report["demo_final_progress"][0] > 0.7  # the demo it was fitted on ends near full progress
     with pytest.raises(TrainConfigError, match="reward.encoder"):
         run(cfg_of(*[o for o in over if not o.startswith("reward.encoder")]), tmp_path / "run2")
+
+
+def test_success_from_the_vlm_classifier_is_learned_and_checked_against_ground_truth(tmp_path):
+    """reward.source=success_prob with the shipped VLM classifier: its verdicts end episodes and give
+    the reward; the simulator's success is only logged, and the disagreements are counted. Threshold 0
+    makes every first step a claimed success: each episode is one false positive."""
+    out = tmp_path / "run"
+    over = SMALL + ["reward.source=success_prob", "reward.success_model=vlm-general", "reward.success_threshold=0.0"]
+    run(cfg_of(*over), out)
+    ck = torch.load(out / "checkpoint.pt", weights_only=False)
+    rows = ck["state"]["history"]
+    assert [r["length"] for r in rows] == [1, 1]  # the classifier's "done" ended each episode at once
+    assert all(r["detector_false_positive"] and not r["success"] for r in rows)
+    assert "2 false positives" in (out / "report.md").read_text()
