@@ -296,7 +296,7 @@ def test_train_rm_cli_then_load_and_score_env_frames(drawer_store, tmp_path):
     assert prog.shape == (61,) and prog.dtype == np.float32 and (0 <= prog).all() and (prog <= 1).all()
     assert prog[-5:].mean() > prog[:5].mean()
 
-    bad = subprocess.run([str(BIN / "stepwise-train-rm"), "reward=perceptual", f"data={drawer_store}", f"out={out}_x"],
+    bad = subprocess.run([str(BIN / "stepwise-train-rm"), "reward=perceptual", "reward.encoder=null", f"data={drawer_store}", f"out={out}_x"],
                          capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "needs encoder=<name>" in bad.stderr
 
