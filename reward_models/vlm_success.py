@@ -334,7 +334,10 @@ class VLMSuccessClassifier(RewardModel):
 
     @classmethod
     def _from_checkpoint(cls, directory: Path, config: dict, device: str | None) -> "VLMSuccessClassifier":
-        cfg = VLMSuccessConfig(**config)
+        try:
+            cfg = VLMSuccessConfig(**config)
+        except TypeError as err:  # keys this code does not know: another model's config under this kind
+            raise CheckpointError(f"{directory}/config.json does not fit this code's vlm_success config: {err}") from err
         if device is not None:
             cfg.device = device
         model = cls(cfg, load_pretrained=False)  # the weights file holds the (fine-tuned) pretrained weights

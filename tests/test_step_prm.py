@@ -178,9 +178,13 @@ def test_bad_checkpoints_are_clear_errors(tmp_path):
     meta = json.loads((path / "config.json").read_text())
     other = tmp_path / "other"
     other.mkdir()
-    (other / "config.json").write_text(json.dumps({**meta, "kind": "vlm_success"}))
-    with pytest.raises(CheckpointError, match="vlm_success"):
+    (other / "config.json").write_text(json.dumps({**meta, "kind": "no_such_model"}))
+    with pytest.raises(CheckpointError, match="no_such_model"):
         reward_models.load(other)
+    for kind in ("vlm_success", "perceptual"):  # a step_prm config labelled as another known kind
+        (other / "config.json").write_text(json.dumps({**meta, "kind": kind}))
+        with pytest.raises(CheckpointError, match=f"does not fit this code's {kind} config"):
+            reward_models.load(other)
     (other / "config.json").write_text(json.dumps({**meta, "version": 99}))
     with pytest.raises(CheckpointError, match="version 99"):
         reward_models.load(other)
