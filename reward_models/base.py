@@ -159,6 +159,29 @@ class RewardModel(abc.ABC):
         return directory
 
 
+class DataclassConfigModel(RewardModel):
+    """A reward model built from a dataclass ``self.cfg`` holding ``cameras`` and ``image_size``:
+    the rig and the saved config come from it."""
+
+    cfg: Any
+
+    @property
+    def cameras(self) -> tuple[str, ...]:
+        """The cameras the model was built for."""
+        return self.cfg.cameras
+
+    @property
+    def image_size(self) -> tuple[int, int]:
+        """``(height, width)`` of the frames it takes."""
+        return self.cfg.image_size
+
+    def config(self) -> dict:
+        """``self.cfg`` as a JSON-ready dict (tuples as lists)."""
+        from dataclasses import asdict
+
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self.cfg).items()}
+
+
 def load(path_or_name: str | Path, device: str | None = None) -> RewardModel:
     """Load a reward model from a checkpoint directory or a shipped name (``"general"``).
 

@@ -59,13 +59,13 @@ import inspect
 import itertools
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from reward_models.base import CheckpointError, FramesError, RewardModel, check_frames, register
+from reward_models.base import CheckpointError, DataclassConfigModel, FramesError, check_frames, register
 from reward_models.encoders import ENCODERS, FrameEncoder, build_encoder
 
 FUSIONS = ("concat", "mean")
@@ -509,7 +509,7 @@ def _build_encoder(spec: Mapping[str, Any], device: str | None) -> FrameEncoder:
 
 
 @register("perceptual")
-class PerceptualReward(RewardModel):
+class PerceptualReward(DataclassConfigModel):
     """Perceptual-feature progress and success model of one task; see the module docstring."""
 
     version = 1
@@ -522,17 +522,8 @@ class PerceptualReward(RewardModel):
         self.n_steps = int(next(iter(heads.values())).calib.shape[0]) - 1 if heads else 0  # row 0: the start
 
     # --- RewardModel plumbing --------------------------------------------------------------
-    @property
-    def cameras(self) -> tuple[str, ...]:
-        return self.cfg.cameras
-
-    @property
-    def image_size(self) -> tuple[int, int]:
-        return self.cfg.image_size
-
     def config(self) -> dict:
-        cfg = asdict(self.cfg)
-        cfg["cameras"], cfg["image_size"] = list(cfg["cameras"]), list(cfg["image_size"])
+        cfg = super().config()
         cfg["encoder"] = dict(self.encoder.config())
         return cfg
 

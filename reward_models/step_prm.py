@@ -19,7 +19,7 @@ state alone; shaping should use them (``fused`` mixes in the history-dependent i
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from reward_models.base import CheckpointError, FramesError, RewardModel, check_frames, register
+from reward_models.base import CheckpointError, DataclassConfigModel, FramesError, check_frames, register
 from reward_models.progress import backward, bin_centers, forward, incremental
 
 TEXT_DIM = 384
@@ -139,7 +139,7 @@ class StepPRMNet(nn.Module):
 
 
 @register("step_prm")
-class StepPRM(RewardModel):
+class StepPRM(DataclassConfigModel):
     """Step-discretized multi-view progress model; see the module docstring."""
 
     version = 1
@@ -155,18 +155,6 @@ class StepPRM(RewardModel):
         self.centers = torch.tensor(bin_centers(self.cfg.num_bins), dtype=torch.float32, device=self.device)
 
     # --- RewardModel plumbing --------------------------------------------------------------
-    @property
-    def cameras(self) -> tuple[str, ...]:
-        return self.cfg.cameras
-
-    @property
-    def image_size(self) -> tuple[int, int]:
-        return self.cfg.image_size
-
-    def config(self) -> dict:
-        cfg = asdict(self.cfg)
-        cfg["cameras"], cfg["image_size"] = list(cfg["cameras"]), list(cfg["image_size"])
-        return cfg
 
     def _save_weights(self, directory: Path) -> None:
         torch.save(self.net.state_dict(), directory / "weights.pt")

@@ -34,13 +34,12 @@ fine-tuning step).
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import math
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -49,7 +48,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from reward_models.base import CheckpointError, FramesError, RewardModel, check_frames, register, load
+from reward_models.base import CheckpointError, DataclassConfigModel, FramesError, check_frames, register, load
 from reward_models.evaluate import auroc, binary_scores, choose_threshold, expected_calibration_error
 
 log = logging.getLogger(__name__)
@@ -286,7 +285,7 @@ def _embed_dim(visual: nn.Module, size: tuple[int, int]) -> int:
 
 
 @register("vlm_success")
-class VLMSuccessClassifier(RewardModel):
+class VLMSuccessClassifier(DataclassConfigModel):
     """Calibrated multi-view success classifier on open_clip; see the module docstring."""
 
     version = 1
@@ -316,18 +315,6 @@ class VLMSuccessClassifier(RewardModel):
         self._tokenizer = None
 
     # --- RewardModel plumbing --------------------------------------------------------------
-    @property
-    def cameras(self) -> tuple[str, ...]:
-        return self.cfg.cameras
-
-    @property
-    def image_size(self) -> tuple[int, int]:
-        return self.cfg.image_size
-
-    def config(self) -> dict:
-        cfg = asdict(self.cfg)
-        cfg["cameras"], cfg["image_size"], cfg["prompts"] = list(cfg["cameras"]), list(cfg["image_size"]), list(cfg["prompts"])
-        return cfg
 
     def _save_weights(self, directory: Path) -> None:
         torch.save(self.net.state_dict(), directory / "weights.pt")
