@@ -122,16 +122,32 @@ def test_server_killed_mid_episode_gives_a_clear_error():
         robot.send_action(np.zeros(4, np.float32))
 
 
-def test_only_the_newest_queued_command_runs(server):
+class SlowReset(SimRobot):
+    """A robot whose homing takes 0.3 s (as a real one's does): commands queue meanwhile."""
+
+    def reset(self, seed=None):
+        time.sleep(0.3)
+        return super().reset(seed)
+
+
+@pytest.fixture
+def slow_server():
+    srv = RobotServer(SlowReset(TASK, cameras=["corner"], image_size=48), SimRobot.DEFAULT_SAFETY, port=0, task=TASK).start()
+    yield srv
+    srv.shutdown()
+
+
+def test_only_the_newest_queued_command_runs(slow_server):
     """Commands that queued while the robot was busy are answered `superseded`, not replayed."""
     import zmq
 
     from real import protocol
 
+    server = slow_server
     sock = zmq.Context.instance().socket(zmq.DEALER)
     sock.connect(f"tcp://127.0.0.1:{server.port}")
     send = lambda seq, op, **kw: sock.send_multipart(protocol.encode({"v": 1, "seq": seq, "op": op, **kw}))  # noqa: E731
-    send(1, "reset", seed=0, arm=True)  # rendering keeps the server busy while the acts queue
+    send(1, "reset", seed=0, arm=True)  # the slow homing keeps the server busy while the acts queue
     send(2, "act", action=[1, 0, 0, 0])
     send(3, "act", action=[0, 1, 0, 0])
     replies = {}
