@@ -31,6 +31,7 @@ VARIANTS = {  # name -> stepwise-train overrides
     "sparse": ["reward.shaping=none"],
     "dense": ["reward.source=sim_dense", "reward.shaping=none"],
     "oracle": ["reward.shaping=oracle"],
+    "progress_bf16": ["reward.shaping=progress", "agent.precision=bf16"],  # bfloat16 forward passes
     # the perceptual-feature reward fitted on ONE demo, as the potential (issue 7)
     "perceptual_tcn": ["reward=perceptual", "reward.encoder=tcn", "reward.shaping=progress"],
     "perceptual_pixels": ["reward=perceptual", "reward.encoder=pixels", "reward.shaping=progress"],

@@ -42,6 +42,7 @@ class Contender:
     width: int
     utd: int
     layer_norm: bool
+    precision: str
     step: Callable[[], int]
     """does some updates (sampling included), returns how many"""
 
@@ -59,12 +60,12 @@ def random_transitions(seed: int = 0) -> dict[str, np.ndarray]:
 
 
 def ours(data: dict[str, np.ndarray], width: int, critics: int, subsample: int | None, utd: int,
-         layer_norm: bool = True) -> Contender:
+         layer_norm: bool = True, precision: str = "fp32") -> Contender:
     """`SAC.update` on batches of utd * 256 rows drawn by `ReplayBuffer.sample`."""
     buf = ReplayBuffer(OBS_DIM, ACT_DIM, BUFFER)
     buf.add_batch(data["obs"], data["action"], data["reward"], data["next_obs"], data["terminated"])
     cfg = SACConfig(hidden_sizes=(width, width), num_critics=critics, critic_subsample=subsample, utd_ratio=utd,
-                    batch_size=BATCH, layer_norm=layer_norm, device="cpu")
+                    batch_size=BATCH, layer_norm=layer_norm, device="cpu", precision=precision)
     agent, rng = SAC(OBS_DIM, ACT_DIM, cfg), np.random.default_rng(0)
 
     def step() -> int:
@@ -72,7 +73,7 @@ def ours(data: dict[str, np.ndarray], width: int, critics: int, subsample: int |
         return 1
 
     label = f"{critics}" if subsample is None else f"{critics}, target min of {subsample}"
-    return Contender("ours", label, width, utd, layer_norm, step)
+    return Contender("ours", label, width, utd, layer_norm, precision, step)
 
 
 def theirs(data: dict[str, np.ndarray], width: int) -> Contender:
@@ -108,7 +109,7 @@ def theirs(data: dict[str, np.ndarray], width: int) -> Contender:
         model.train(gradient_steps=SB3_CHUNK, batch_size=BATCH)
         return SB3_CHUNK
 
-    return Contender("SB3", "2", width, 1, False, step)
+    return Contender("SB3", "2", width, 1, False, "fp32", step)
 
 
 def timed(step: Callable[[], int], seconds: float) -> float:
@@ -117,6 +118,27 @@ def timed(step: Callable[[], int], seconds: float) -> float:
     while time.perf_counter() - start < seconds:
         n += step()
     return n / (time.perf_counter() - start)
+
+
+def matmul_flops(step: Callable[[], int]) -> float:
+    """Floating-point operations of the matrix products in one call of ``step``, per update it reports."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        n = step()
+    return counter.get_total_flops() / n
+
+
+def gemm_rate(dtype: torch.dtype, width: int, seconds: float) -> float:
+    """FLOP/s of (BATCH x width) @ (width x width) products in ``dtype`` on the current threads."""
+    a, b = torch.randn(BATCH, width, dtype=dtype), torch.randn(width, width, dtype=dtype)
+    for _ in range(20):
+        a @ b
+    n, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        a @ b
+        n += 1
+    return 2 * BATCH * width * width * n / (time.perf_counter() - start)
 
 
 def rounded(rate: float) -> str:
@@ -143,11 +165,20 @@ def main() -> None:
         theirs(data, 256),
         ours(data, 256, 2, None, 1),
         ours(data, 256, 2, None, 1, layer_norm=False),  # SB3's architecture exactly
+        ours(data, 256, 2, None, 1, precision="bf16"),
+        ours(data, 256, 2, None, 1, layer_norm=False, precision="bf16"),
         ours(data, 256, 2, None, 2),
         ours(data, 256, 10, 2, 1),
         theirs(data, 512),
         ours(data, 512, 2, None, 1),
+        ours(data, 512, 2, None, 1, layer_norm=False, precision="bf16"),
     ]
+    # the compute floor: matrix-product FLOPs per update over the rate of a plain product of the same
+    # sizes on one thread; no implementation of these networks at this batch can go below it
+    torch.set_num_threads(1)
+    flops = {(c.agent, c.width): matmul_flops(c.step) for c in contenders if c.agent == "SB3"}
+    gemm = {(dt, w): gemm_rate(dt, w, min(2.0, args.seconds)) for dt in (torch.float32, torch.bfloat16)
+            for w in sorted({c.width for c in contenders})}
     load_before = os.getloadavg()
     rates: dict[tuple[int, int], list[float]] = {}
     section_load: dict[int, float] = {}  # 1-minute load average as each thread count's loops began
@@ -169,29 +200,48 @@ def main() -> None:
             rate = statistics.median(runs)
             ratio = rate / sb3[c.width]
             rows.append(
-                f"| {c.agent} | {c.critics} | {c.width}x{c.width} | {'yes' if c.layer_norm else 'no'} | {c.utd} "
+                f"| {c.agent} | {c.critics} | {c.width}x{c.width} | {'yes' if c.layer_norm else 'no'} | {c.precision} | {c.utd} "
                 f"| {threads} | {section_load[threads]:.1f} | {rounded(rate)} ({rounded(min(runs))}-{rounded(max(runs))}) "
                 f"| {rounded(rate * c.utd)} | {ratio:.2f}x |"
             )
     header = (
         f"# SAC update throughput (CPU)\n\n"
         f"Measured {datetime.date.today()} by `benchmarks/sac_speed.py --seconds {args.seconds:g} "
-        f"--repeats {args.repeats}` on {os.cpu_count()} cores ({cpu_name()}), torch {torch.__version__}, "
+        f"--repeats {args.repeats} --threads {' '.join(map(str, args.threads))}` on {os.cpu_count()} cores ({cpu_name()}), torch {torch.__version__}, "
         f"stable-baselines3 {stable_baselines3.__version__}, load average (1, 5, 15 min) "
         f"{', '.join(f'{x:.2f}' for x in load_before)} before and {', '.join(f'{x:.2f}' for x in load_after)} after. "
         f"Observations {OBS_DIM}-d, actions {ACT_DIM}-d, batch {BATCH}, replay of {BUFFER:,} random transitions; "
         f"every rate includes sampling the batch from replay. An update is what one env step buys: utd critic "
         f"steps, then one actor and one temperature step (SB3: one gradient step). Median of {args.repeats} "
         f"loops of {args.seconds:g} s (min-max in brackets), interleaved across rows. Ratio: updates/s against "
-        f"SB3 of the same width and threads. Ours has LayerNorm in the critics by default; the 'no' row matches SB3's networks. "
+        f"SB3 of the same width and threads. Ours has LayerNorm in the critics by default; the 'no' rows match SB3's networks. "
+        f"Ours uses Adam's fused kernel (the default, `fused_adam`); 'bf16' rows run the forward passes under "
+        f"bfloat16 autocast (`precision: bf16`; weights, optimiser and losses stay float32). "
         f"'load' is the 1-minute load average as that thread count's loops began (after the first thread count "
         f"it includes about 1 from this benchmark itself): where threads + the others' load exceed "
         f"the {os.cpu_count()} cores, other processes hold cores this run's threads wait on, and the rates "
         f"measure that contention more than the agents.\n\n"
-        "| agent | critics | width | LayerNorm | utd | threads | load | updates/s | critic steps/s | vs SB3 |\n"
-        "|---|---|---|---|---|---|---|---|---|---|\n"
+        "| agent | critics | width | LayerNorm | precision | utd | threads | load | updates/s | critic steps/s | vs SB3 |\n"
+        "|---|---|---|---|---|---|---|---|---|---|---|\n"
     )
-    table = header + "\n".join(rows) + "\n"
+    floor_rows = []
+    for (agent, width), f in flops.items():
+        sb3_rate = statistics.median(next(rates[1, i] for i, c in enumerate(contenders) if c.agent == "SB3" and c.width == width)) \
+            if 1 in args.threads else float("nan")
+        for dt, name in ((torch.float32, "fp32"), (torch.bfloat16, "bf16")):
+            floor_ms = f / gemm[dt, width] * 1e3
+            floor_rows.append(f"| {width}x{width} | {f / 1e6:.0f} | {name} | {gemm[dt, width] / 1e9:.0f} | {floor_ms:.2f} "
+                              f"| {1e3 / floor_ms:.0f} | {1e3 / floor_ms / sb3_rate:.1f}x |")
+    floor = (
+        "\n## The compute floor (1 thread)\n\n"
+        "Matrix-product FLOPs of one SB3 update (counted by `torch.utils.flop_counter`) over the measured rate "
+        f"of a plain ({BATCH} x width) @ (width x width) product on one thread: the fastest any implementation of "
+        "these networks at this batch can update, with every other operation free. 'ceiling vs SB3' divides that "
+        "by SB3's measured 1-thread rate above: no float32 implementation can beat SB3 by more than this.\n\n"
+        "| width | MFLOP per update | precision | GEMM GFLOP/s | floor ms per update | updates/s at the floor | ceiling vs SB3 |\n"
+        "|---|---|---|---|---|---|---|\n" + "\n".join(floor_rows) + "\n"
+    )
+    table = header + "\n".join(rows) + "\n" + floor
     print(table)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(table)

@@ -34,7 +34,7 @@ import torch
 from torch import nn
 
 from policies.image_replay import check_views, image_hw
-from policies.sac import BATCH_KEYS, OPTIONAL_KEYS, SAC, EnsembleLayerNorm, EnsembleLinear, SACConfig
+from policies.sac import BATCH_KEYS, OPTIONAL_KEYS, SAC, EnsembleLayerNorm, EnsembleLinear, SACConfig, make_adam
 
 __all__ = ["ImageSACConfig", "ImageSAC", "PixelEncoder", "random_shift"]
 
@@ -161,7 +161,7 @@ class ImageSAC(SAC):
                                cfg.encoder_strides, cfg.feature_dim, cfg.proprio_features)
         super().__init__(encoder.out_dim, act_dim, cfg)
         self.encoder = encoder.to(self.device)
-        self.critic_opt = torch.optim.Adam([*self.critic.parameters(), *self.encoder.parameters()], lr=cfg.lr)
+        self.critic_opt = make_adam([*self.critic.parameters(), *self.encoder.parameters()], cfg.lr, cfg.fused_adam)
 
     @classmethod
     def for_env(cls, env, config: ImageSACConfig | None = None) -> "ImageSAC":
