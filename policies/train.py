@@ -27,6 +27,10 @@ or from a reward model's P(done) (``success_prob``), or Meta-World's dense rewar
 comparison runs only); plus lambda (gamma Phi(s') - Phi(s)) with Phi from the progress model
 (``reward.shaping=progress``) or a privileged simulator potential (``oracle``, a ceiling).
 The reward-hacking monitor counts training episodes whose final progress is >= 0.9 without success.
+``reward=vlm_success`` (configs/reward/vlm_success.yaml + configs/train_reward/vlm_success.yaml) takes
+success and termination from the VLM success classifier ``reward.success_model`` at its own threshold,
+shaped by the step-PRM ``reward.model`` (or ``reward.shaping=none``); its false positives and negatives
+against the simulator's success are counted in the report.
 """
 
 from __future__ import annotations
@@ -59,7 +63,7 @@ class TrainConfigError(ValueError):
     """A setting of stepwise-train that cannot work; the message names it and the fix."""
 
 
-REWARD_KINDS = ("step_prm", "perceptual")  # reward=<family>: the progress model shaping uses
+REWARD_KINDS = ("step_prm", "perceptual", "vlm_success")  # reward=<family>; vlm_success: the classifier's success, step-PRM shaping
 
 
 def check_config(cfg) -> None:
@@ -91,6 +95,12 @@ def check_config(cfg) -> None:
         raise TrainConfigError("eval.every, eval.episodes and eval.final_episodes must be >= 1")
     if cfg.reward.kind not in REWARD_KINDS:
         raise TrainConfigError(f"reward={cfg.reward.kind}: stepwise-train shapes with one of {REWARD_KINDS}")
+    if cfg.reward.kind == "vlm_success" and (cfg.reward.source != "success_prob" or not cfg.reward.success_model):
+        raise TrainConfigError(
+            f"reward=vlm_success takes success from the classifier: it needs reward.source=success_prob (got "
+            f"{cfg.reward.source}) and reward.success_model=<classifier> (got {cfg.reward.success_model}); for the "
+            "simulator's success use reward=step_prm"
+        )
     if cfg.reward.shaping == "progress" and cfg.reward.perspective not in ("forward", "backward"):
         raise TrainConfigError(
             f"reward.perspective={cfg.reward.perspective!r}: shaping needs a state-only perspective "
@@ -199,6 +209,17 @@ def adapt_progress_model(cfg, run: Path, demo_store: Path):
 
 
 # --------------------------------------------------------------------------- rewards
+
+
+def success_threshold(cfg, judge) -> float:
+    """``reward.success_threshold``, or (null) the success model's own threshold chosen on its validation frames."""
+    if cfg.reward.success_threshold is not None:
+        return float(cfg.reward.success_threshold)
+    thr = getattr(getattr(judge, "cfg", None), "threshold", None)
+    if thr is None:
+        raise TrainConfigError(f"reward.success_threshold=null but the success model {cfg.reward.success_model} "
+                               "carries no threshold of its own: pass reward.success_threshold=<P(done) cut>")
+    return float(thr)
 
 
 def oracle_potential(dense_rewards: np.ndarray) -> np.ndarray:
@@ -530,9 +551,16 @@ def run(cfg, run_dir: str | Path) -> dict:
     uses_model = cfg.reward.shaping == "progress" or cfg.reward.source == "success_prob"
     t0 = time.perf_counter()
     perceptual = cfg.reward.kind == "perceptual"  # fitted from a demo below: its rig comes from its config
+    # the success classifier, loaded first so that a wrong name fails before any work
+    judge = (reward_models.load(cfg.reward.success_model)
+             if cfg.reward.source == "success_prob" and cfg.reward.success_model else None)
+    if cfg.reward.kind == "vlm_success" and cfg.reward.shaping != "progress":
+        uses_model = False  # the classifier alone: no progress model to load or adapt
     model = reward_models.load(cfg.reward.model) if uses_model and not perceptual else None
     if model is not None:
         cameras, model_size = tuple(model.cameras), model.image_size[0]
+    elif judge is not None and not perceptual:
+        cameras, model_size = tuple(judge.cameras), judge.image_size[0]
     else:
         cameras, model_size = tuple(cfg.reward.get("cameras") or ("corner", "corner2", "gripperPOV")), int(cfg.reward.get("image_size") or 96)
     image_size = int(cfg.image_size or model_size)
@@ -541,10 +569,16 @@ def run(cfg, run_dir: str | Path) -> dict:
     image_policy = cfg.policy == "image"  # its envs carry no state: it cannot read what a robot lacks
     view = PolicyView(cfg.policy_cameras or cameras, int(cfg.policy_image_size)) if image_policy else None
     score_cams = list(cameras) if uses_model else []  # frames the reward model scores
+    if judge is not None:
+        if judge.image_size[0] != image_size:
+            raise TrainConfigError(f"the success model {cfg.reward.success_model} reads {judge.image_size[0]} px frames "
+                                   f"but the env renders {image_size} px for the progress model: pass image_size="
+                                   f"{judge.image_size[0]} or a classifier trained at {image_size} px")
+        score_cams = list(dict.fromkeys([*score_cams, *judge.cameras]))
     env_cams, render_size = score_cams, image_size
     if image_policy:
         env_cams = list(dict.fromkeys([*env_cams, *view.cameras]))
-        render_size = image_size if uses_model else view.image_size[0]
+        render_size = image_size if score_cams else view.image_size[0]
     demo_store = collect_demos(cfg, run, tuple(env_cams) if image_policy else cameras, render_size)
     stage_done("collect_demos", t0)
     reference = None
@@ -563,9 +597,10 @@ def run(cfg, run_dir: str | Path) -> dict:
     # -- environments ----------------------------------------------------------------------
     success_fn = None
     if cfg.reward.source == "success_prob":
-        judge = reward_models.load(cfg.reward.success_model) if cfg.reward.success_model else model
-        thr = float(cfg.reward.success_threshold)
-        success_fn = lambda o: float(judge.success_prob({c: o["images"][c][None] for c in cameras}, spec.instruction)[0]) > thr  # noqa: E731
+        judge = judge or model
+        thr = success_threshold(cfg, judge)
+        judge_cams = tuple(judge.cameras)
+        success_fn = lambda o: float(judge.success_prob({c: o["images"][c][None] for c in judge_cams}, spec.instruction)[0]) > thr  # noqa: E731
     # robot=remote: online and evaluation episodes run on the robot behind a stepwise-robot-server
     # (its split, its safety layer and watchdog); the demonstrations still come from the simulator
     robot_cfg = OmegaConf.to_container(cfg.robot, resolve=True)
@@ -786,7 +821,9 @@ def write_report(run: Path, cfg, state: RunState, final: dict, demo_terms: list[
     report = {
         "task": cfg.task, "algo": cfg.algo, "demos": int(cfg.demos), "seed": int(cfg.seed),
         "reward": {"source": cfg.reward.source, "shaping": cfg.reward.shaping, "weight": float(cfg.reward.weight),
-                   "model": str(cfg.reward.model), "adapt_steps": int(cfg.reward.adapt_steps)},
+                   "model": str(cfg.reward.model), "adapt_steps": int(cfg.reward.adapt_steps), "kind": cfg.reward.kind,
+                   **({"success_model": str(cfg.reward.success_model),
+                       "success_threshold": cfg.reward.success_threshold} if cfg.reward.source == "success_prob" else {})},
         "final_success_rate": final["success_rate"], "final_eval_episodes": final["episodes"],
         "online_episodes": state.episode, "env_steps": state.env_steps, "wall_time_s": round(state.wall_time_s, 1),
         "stage_seconds": {k: round(v, 1) for k, v in state.stage_seconds.items()},

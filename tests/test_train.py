@@ -220,3 +220,38 @@ def test_success_from_the_vlm_classifier_is_learned_and_checked_against_ground_t
     assert [r["length"] for r in rows] == [1, 1]  # the classifier's "done" ended each episode at once
     assert all(r["detector_false_positive"] and not r["success"] for r in rows)
     assert "2 false positives" in (out / "report.md").read_text()
+
+
+def test_reward_vlm_success_preset_learns_from_the_classifier_alone(tmp_path):
+    """stepwise-train reward=vlm_success: the classifier (its own calibrated threshold) gives success and
+    termination; its keys that clash with the step-PRM's keep their learner meaning; with shaping=none no
+    progress model is loaded or adapted; the disagreements with the simulator are counted."""
+    cfg = cfg_of("reward=vlm_success")
+    assert (cfg.reward.kind, cfg.reward.source, cfg.reward.success_model) == ("vlm_success", "success_prob", "vlm-general")
+    assert cfg.reward.adapt_steps == 150 and cfg.reward.shaping == "progress"  # the progress model's, not the classifier's 300
+    with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):  # stepwise-train-rm keeps the classifier's
+        rm = compose("train_rm", overrides=["reward=vlm_success", "data=x", "out=y"])
+    assert rm.reward.adapt_steps == 300 and "source" not in rm.reward
+    with pytest.raises(TrainConfigError, match="reward.source=success_prob"):
+        check_config(cfg_of("reward=vlm_success", "reward.source=sparse"))
+    out = tmp_path / "run"
+    over = [o for o in SMALL if not o.startswith("reward.")] + ["reward=vlm_success", "reward.shaping=none"]
+    report = run(cfg_of(*over), out)
+    assert report["reward"]["kind"] == "vlm_success" and report["reward"]["success_model"] == "vlm-general"
+    assert not (out / "reward_model").exists()  # no progress model adapted
+    rows = torch.load(out / "checkpoint.pt", weights_only=False)["state"]["history"]
+    claimed = [r["env_reward"] > 0 for r in rows]  # the success reward: the classifier said done
+    assert [r["detector_false_positive"] for r in rows] == [c and not r["success"] for c, r in zip(claimed, rows)]
+    assert [r["detector_false_negative"] for r in rows] == [(not c) and r["success"] for c, r in zip(claimed, rows)]
+    assert report["detector"]["false_positives"] == sum(r["detector_false_positive"] for r in rows)
+
+
+def test_reward_vlm_success_combines_with_progress_shaping(tmp_path):
+    """reward=vlm_success with its default shaping: success from the classifier, the potential from the
+    step-PRM `general` (zero-shot here, to keep the test short); both terms reach the reward."""
+    over = [o for o in SMALL if not o.startswith("reward.")] + ["reward=vlm_success", "reward.adapt_steps=0",
+                                                                "online.episodes=1"]
+    report = run(cfg_of(*over), tmp_path / "run")
+    row = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=False)["state"]["history"][0]
+    assert row["shaping"] != 0.0 and 0.0 <= row["final_progress"] <= 1.0
+    assert "detector_false_positive" in row and report["reward"]["shaping"] == "progress"
