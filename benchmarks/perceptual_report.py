@@ -80,8 +80,8 @@ def segmentation_quality(encoder_name: str, encoder_kwargs: dict, demo_dir: Path
     return out
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """This report's options (shared with ``benchmarks/reward_model_report.py``, which can run it)."""
     parser.add_argument("--data-root", default=str(ROOT / "data"), help="holds heldout_demo/ and heldout_eval/")
     parser.add_argument("--encoders", nargs="*", default=None, help="encoder names (default: every registered one)")
     parser.add_argument("--encoder-kwargs", nargs="*", default=[], help='name=JSON, e.g. clip=\'{"weights": "w.bin"}\'')
@@ -89,9 +89,11 @@ def main() -> None:
     parser.add_argument("--episodes-per-task", type=int, default=10, help="scored episodes per task (half failures)")
     parser.add_argument("--jaccard-episodes", type=int, default=6, help="successful demos per task segmented")
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "perceptual.md"))
-    args = parser.parse_args()
 
+
+def measure(args: argparse.Namespace) -> dict:
+    """Fit and score every encoder of ``args.encoders`` (see :func:`add_arguments`); the results dict
+    that :func:`render` turns into markdown (also the ``perceptual`` part of ``reward_models.json``)."""
     import torch
     from omegaconf import OmegaConf
 
@@ -146,10 +148,56 @@ def main() -> None:
         results["encoders"][name] = entry
     results["baselines"] = {r: {"mean": v["mean"]} for r, v in (baselines or {}).items()}
     results["settings"]["load_average_end"] = list(os.getloadavg())  # states/s is wall time: say how busy the machine was
+    results["settings"]["command"] = " ".join(["benchmarks/perceptual_report.py", *sys.argv[1:]])
+    return results
+
+
+def write(results: dict, out: str | Path) -> str:
+    """Write ``out`` (markdown) and its ``.json`` twin; returns the markdown."""
     text = render(results)
+    Path(out).write_text(text)
+    Path(out).with_suffix(".json").write_text(json.dumps(results, indent=1, default=float))
+    return text
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_arguments(parser)
+    parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "perceptual.md"))
+    args = parser.parse_args()
+    text = write(measure(args), args.out)
     print(text)
-    Path(args.out).write_text(text)
-    Path(args.out).with_suffix(".json").write_text(json.dumps(results, indent=1, default=float))
+
+
+def segmentation_per_task(results: dict, encoder: str, objective: str | None = None) -> list[str]:
+    """Markdown lines: per held-out task, the mean per-step Jaccard of ``encoder``'s segmentation
+    (``objective``: ``length`` or ``mean``; default the configured ``segment_weighting``) against the
+    ordered-random split, for 2 and 3 steps, and a sentence naming the tasks where it beats the baseline."""
+    seg = results["encoders"][encoder]["segmentation"]
+    objective = objective or results["settings"]["reward_config"]["segment_weighting"]
+    tasks = [t for t in results["settings"]["tasks"] if t in seg["per_task"]]
+    lines = [f"| task | {objective} 2 steps | random 2 steps | {objective} 3 steps | random 3 steps |",
+             "|---|---|---|---|---|"]
+    beats: dict[int, list[str]] = {2: [], 3: []}
+    for task in tasks:
+        m = seg["per_task"][task]
+        cells = []
+        for n in (2, 3):
+            ours, rnd = m.get(f"{objective}_n{n}"), m.get(f"random_n{n}")
+            if ours is None or rnd is None:
+                cells += ["-", "-"]
+                continue
+            a, b = float(np.mean(ours)), float(np.mean(rnd))
+            if a > b:
+                beats[n].append(task)
+            cells += [f"**{a:.2f}**" if a > b else f"{a:.2f}", f"{b:.2f}"]
+        lines.append(f"| {task} | " + " | ".join(cells) + " |")
+    for n in (2, 3):
+        losers = [t for t in tasks if t not in beats[n]]
+        lines.append("")
+        lines.append(f"{n} steps: above the ordered-random baseline on {len(beats[n])} of {len(tasks)} tasks"
+                     + (f"; not above it on {', '.join(losers)}." if losers else " (every task)."))
+    return lines
 
 
 def render(results: dict) -> str:
@@ -216,6 +264,8 @@ def render(results: dict) -> str:
             fmt = lambda k: f"{m[k]['mean']:.2f} ({', '.join(f'{v:.2f}' for v in m[k]['per_step'])})"  # noqa: E731
             lines.append(f"| {n} steps | {fmt(f'mean_n{n}')} | {fmt(f'length_n{n}')} | {fmt(f'random_n{n}')} | "
                          f"{m[f'random_n{n}']['episodes']} |")
+        lines += ["", "Per task (mean over steps of the per-step Jaccard; bold: above the ordered-random split)", ""]
+        lines += segmentation_per_task(results, name)
     return "\n".join(lines) + "\n"
 
 

@@ -25,6 +25,13 @@ Metrics per task (overall = mean over tasks):
 * ``success_acc`` / ``success_f1`` / ``success_ece``: per-frame ``success_prob`` against the
   per-frame success label; the threshold is chosen on a validation half of the episodes (even
   positions, in store order) and the metrics are reported on the other half.
+* ``success_auroc`` / ``success_fpr`` / ``success_fnr``: on the same frames, the frame-level AUROC of
+  ``success_prob`` (threshold-free), and the false-positive rate (not-done frames called done) and
+  false-negative rate (done frames missed) at that threshold.
+* ``threshold_metric="model"``: the model rows use the MODEL's own decision threshold
+  (``cfg.threshold``, e.g. the VLM classifier's, chosen on its own validation frames) instead of one
+  chosen on the evaluated episodes, and report on every scored episode (nothing is tuned on them);
+  rows without a model (``random``, ``sim_dense_gt``) keep the validation-half choice (accuracy).
 
 Reference demonstration (``reference="first_success"``): per task, the first successful expert
 episode is passed as ``reference=`` to the model and is excluded from the scored episodes, so
@@ -56,7 +63,9 @@ DENSITIES = (1, 4, 16)
 BASELINES = ("random", "sim_dense_gt")
 REFERENCE_RULES = ("first_success", "none")
 THRESHOLD_METRICS = ("accuracy", "f1")
-METRIC_NAMES_EXTRA = ("voc_reversed", "auroc", "success_acc", "success_f1", "success_ece", "threshold")
+THRESHOLD_RULES = (*THRESHOLD_METRICS, "model")  # "model": the model's own cfg.threshold, nothing tuned here
+METRIC_NAMES_EXTRA = ("voc_reversed", "auroc", "success_acc", "success_f1", "success_ece", "success_auroc",
+                      "success_fpr", "success_fnr", "threshold")
 
 Scorer = Callable[[Any, np.ndarray, Any, bool], tuple[np.ndarray, "np.ndarray | None"]]
 """``score(episode, frame_idx int (n,), reference episode or None, want_success) ->
@@ -165,6 +174,32 @@ def choose_threshold(prob: np.ndarray, label: np.ndarray, metric: str = "accurac
         if value > best:
             best, best_t = value, float(t)
     return best_t
+
+
+def error_rates(pred: np.ndarray, label: np.ndarray) -> tuple[float | None, float | None]:
+    """(false-positive rate, false-negative rate) of bool predictions against 0/1 labels, both (N,).
+
+    FPR = not-done frames predicted done / not-done frames; FNR = done frames predicted not done / done
+    frames; each None when its class is absent.
+    """
+    pred, label = np.asarray(pred, dtype=bool), np.asarray(label, dtype=bool)
+    fpr = float(pred[~label].mean()) if (~label).any() else None
+    fnr = float((~pred[label]).mean()) if label.any() else None
+    return fpr, fnr
+
+
+def model_threshold(model: Any) -> float:
+    """The decision threshold a model carries (``model.cfg.threshold`` or ``model.threshold``).
+
+    Raises:
+        ValueError: the model has none (use threshold_metric=accuracy or f1 for it).
+    """
+    t = getattr(getattr(model, "cfg", None), "threshold", None)
+    t = getattr(model, "threshold", None) if t is None else t
+    if t is None:
+        raise ValueError(f"threshold_metric=model: the {getattr(model, 'kind', type(model).__name__)} model has no "
+                         "decision threshold (cfg.threshold); use threshold_metric=accuracy or f1")
+    return float(t)
 
 
 def _mean(values: Iterable[float | None]) -> float | None:
@@ -472,8 +507,8 @@ def evaluate(
     densities = sorted({1, *(int(d) for d in densities)})
     if densities[0] < 1:
         raise ValueError(f"densities must be positive frame strides, got {densities}")
-    if threshold_metric not in THRESHOLD_METRICS:
-        raise ValueError(f"threshold_metric={threshold_metric!r} unknown: use one of {THRESHOLD_METRICS}")
+    if threshold_metric not in THRESHOLD_RULES:
+        raise ValueError(f"threshold_metric={threshold_metric!r} unknown: use one of {THRESHOLD_RULES}")
     paths = resolve_stores(stores)
     notes: list[str] = []
     cameras = list(getattr(model, "cameras", []) or [])
@@ -565,9 +600,16 @@ def evaluate(
         else:
             _normalise_dense(scorers["sim_dense_gt"][1], dense_range)
 
+    def fixed_threshold(name: str, task: str) -> float | None:  # threshold_metric=model: the model's own
+        if threshold_metric != "model" or name not in model_rows:
+            return None
+        return model_threshold(model.for_task(task) if isinstance(model, PerTaskModels) else model)
+
     rows = {}
     for name, (_, row) in scorers.items():
-        per_task = {task: _task_metrics(scored, densities, threshold_metric) for task, scored in sorted(row.scored.items())}
+        metric = "accuracy" if threshold_metric == "model" else threshold_metric
+        per_task = {task: _task_metrics(scored, densities, metric, fixed_threshold(name, task))
+                    for task, scored in sorted(row.scored.items())}
         keys = _metric_keys(densities)
         rows[name] = {
             "privileged": row.privileged,
@@ -650,22 +692,31 @@ def _metric_keys(densities: Sequence[int]) -> list[str]:
     return [f"voc_d{d}" for d in densities] + list(METRIC_NAMES_EXTRA)
 
 
-def _task_metrics(scored: list[_Scored], densities: Sequence[int], threshold_metric: str) -> dict:
-    """The metrics of one row on one task's scored episodes."""
+def _task_metrics(scored: list[_Scored], densities: Sequence[int], threshold_metric: str,
+                  fixed_threshold: float | None = None) -> dict:
+    """The metrics of one row on one task's scored episodes; with ``fixed_threshold`` (the model's
+    own) the success metrics use it on every labelled episode, else a threshold chosen on the
+    validation half is applied to the test half."""
     successes = [s for s in scored if s.success]
     out: dict[str, Any] = {f"voc_d{d}": _mean(voc(s.progress[d]) for s in successes) for d in densities}
     out["voc_reversed"] = _mean(voc(s.reversed_progress) for s in successes)
     out["auroc"] = auroc([s.progress[1][-1] for s in successes], [s.progress[1][-1] for s in scored if not s.success])
     labelled = [s for s in scored if s.success_true is not None]
-    val, test = labelled[0::2], labelled[1::2]
-    out["threshold"] = out["success_acc"] = out["success_f1"] = out["success_ece"] = None
+    val, test = ([], labelled) if fixed_threshold is not None else (labelled[0::2], labelled[1::2])
+    for key in ("threshold", "success_acc", "success_f1", "success_ece", "success_auroc", "success_fpr", "success_fnr"):
+        out[key] = None
     if test:
         join = lambda group, attr: np.concatenate([getattr(s, attr) for s in group])  # noqa: E731
-        t = choose_threshold(join(val, "success_prob"), join(val, "success_true"), threshold_metric) if val else 0.5
+        if fixed_threshold is not None:
+            t = float(fixed_threshold)
+        else:
+            t = choose_threshold(join(val, "success_prob"), join(val, "success_true"), threshold_metric) if val else 0.5
         prob, label = join(test, "success_prob"), join(test, "success_true")
         out["threshold"] = t
         out["success_acc"], out["success_f1"] = binary_scores(prob >= t, label)
         out["success_ece"] = expected_calibration_error(np.clip(prob, 0, 1), label)
+        out["success_auroc"] = auroc(prob[label > 0.5], prob[label <= 0.5])
+        out["success_fpr"], out["success_fnr"] = error_rates(prob >= t, label > 0.5)
     out["episodes"] = len(scored)
     out["successes"] = len(successes)
     return out
@@ -722,7 +773,9 @@ def _markdown(results: dict) -> str:
         f"- stores: {', '.join(f'`{p}`' for p in s['stores'])}",
         f"- episodes scored: {s['episodes_scored']} (references excluded)",
         f"- reference rule: {s['reference']}",
-        f"- success threshold: chosen for {s['threshold_metric']} on the validation half; {s['split']}",
+        ("- success threshold: the model's own (cfg.threshold), success metrics on every scored episode; "
+         "baseline rows: chosen for accuracy on the validation half" if s["threshold_metric"] == "model" else
+         f"- success threshold: chosen for {s['threshold_metric']} on the validation half; {s['split']}"),
         f"- machine: {s['cpu_cores']} CPU cores ({s['cpu_cores_usable']} usable)",
     ]
     if s.get("fit"):  # a model fitted per task: say on what, so nobody mistakes it for zero-shot

@@ -210,3 +210,39 @@ def test_cli_bad_inputs_exit_2_with_one_line(store, tmp_path):
     ckpt = small_prm().save(tmp_path / "ckpt")
     run = _cli(tmp_path, f"model={ckpt}", f"data={bad}", f"out={tmp_path / 'o'}")
     assert run.returncode == 2 and "not an HDF5 file" in run.stderr, run.stderr[-2000:]
+
+
+# --------------------------------------------------------------------------- classifier metrics (FPR / FNR, the model's threshold)
+
+
+def test_error_rates_hand_cases():
+    from reward_models.evaluate import error_rates
+
+    pred, label = np.array([1, 1, 0, 0, 1], bool), np.array([1, 0, 0, 0, 1])
+    assert error_rates(pred, label) == (pytest.approx(1 / 3), pytest.approx(0.0))
+    assert error_rates(np.zeros(2, bool), np.ones(2)) == (None, 1.0)  # no negatives: FPR undefined
+    assert error_rates(np.ones(2, bool), np.zeros(2)) == (1.0, None)
+
+
+class ThresholdOracle(OracleModel):
+    """The oracle with a decision threshold of its own, as a success classifier carries."""
+
+    threshold = 0.5
+
+
+def test_frame_metrics_and_the_models_own_threshold(store):
+    from reward_models.evaluate import model_threshold
+
+    chosen = evaluate(OracleModel(store), store, baselines=("random",), densities=(1,))
+    m = chosen["rows"]["model"]["mean"]
+    assert m["success_auroc"] == 1.0 and m["success_fpr"] == 0.0 and m["success_fnr"] == 0.0
+    assert 0.2 < chosen["rows"]["random"]["mean"]["success_auroc"] < 0.8  # chance (fixed seed, few frames)
+    own = evaluate(ThresholdOracle(store), store, baselines=("random",), densities=(1,), threshold_metric="model")
+    per_task = own["rows"]["model"]["per_task"]["metaworld/reach"]
+    assert per_task["threshold"] == 0.5 and per_task["success_acc"] == 1.0 and per_task["success_fpr"] == 0.0
+    assert own["rows"]["random"]["per_task"]["metaworld/reach"]["threshold"] != 0.5  # baselines still choose theirs
+    assert model_threshold(ThresholdOracle(store)) == 0.5
+    with pytest.raises(ValueError, match="no decision threshold"):
+        evaluate(OracleModel(store), store, baselines=(), densities=(1,), threshold_metric="model")
+    with pytest.raises(ValueError, match="threshold_metric="):
+        evaluate(OracleModel(store), store, threshold_metric="median")

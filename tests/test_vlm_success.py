@@ -286,3 +286,28 @@ def test_cli_trains_and_adapts_a_loadable_checkpoint(stores, tmp_path):
     assert run.returncode == 0, run.stderr[-3000:]
     adapted = reward_models.load(tmp_path / "adapted")
     assert adapted.cfg.calibration["init"] == str(out) and adapted.cfg.calibration["steps"] == 3
+
+
+def test_evaluation_at_the_classifiers_own_threshold(stores):
+    """stepwise-eval-rm threshold_metric=model judges every frame at cfg.threshold: its accuracy, FPR and
+    FNR equal those computed here from success_prob and the simulator's per-frame labels."""
+    from episodes import EpisodeStore
+    from reward_models.evaluate import evaluate
+
+    model = small_model()
+    probs, labels = [], []
+    with EpisodeStore(stores["heldout"]) as store:
+        for ep in store:
+            probs.append(model.success_prob({c: ep.images[c] for c in CAMS}, ep.instruction))
+            labels.append(np.concatenate([[0.0], np.asarray(ep.infos["success"], dtype=float) > 0.5]))
+    p, y = np.concatenate(probs), np.concatenate(labels).astype(bool)
+    model.cfg.threshold = float(np.median(p))  # both decisions occur
+    res = evaluate(model, stores["heldout"], cameras_ablation=False, baselines=(), densities=(1,), reference="none",
+                   threshold_metric="model")
+    m = res["rows"]["model"]["per_task"][TASK]
+    pred = p >= model.cfg.threshold
+    assert m["threshold"] == pytest.approx(model.cfg.threshold)
+    assert m["success_acc"] == pytest.approx(float((pred == y).mean()), abs=1e-6)
+    assert m["success_fpr"] == pytest.approx(float(pred[~y].mean()), abs=1e-6)
+    assert m["success_fnr"] == pytest.approx(float((~pred[y]).mean()), abs=1e-6)
+    assert m["success_auroc"] == pytest.approx(auroc(p[y], p[~y]), abs=1e-6)
