@@ -427,7 +427,7 @@ class PerceptualConfig:
     top_k: int = 32
     end_frac: float = 0.5
     std_floor: float = 1e-3
-    sigma_floor: float = 0.1
+    sigma_floor: float = 0.3
     q_max: float | None = None
     progress_rule: str = "anchored"
     device: str = "auto"
