@@ -148,7 +148,7 @@ def measure(args: argparse.Namespace) -> dict:
         results["encoders"][name] = entry
     results["baselines"] = {r: {"mean": v["mean"]} for r, v in (baselines or {}).items()}
     results["settings"]["load_average_end"] = list(os.getloadavg())  # states/s is wall time: say how busy the machine was
-    results["settings"]["command"] = " ".join(["benchmarks/perceptual_report.py", *sys.argv[1:]])
+    results["settings"]["command"] = " ".join([f"benchmarks/{Path(sys.argv[0]).name}", *sys.argv[1:]])  # the script that ran (also called by reward_model_report.py)
     return results
 
 
@@ -207,7 +207,7 @@ def render(results: dict) -> str:
     lines = [
         "# Perceptual-feature reward on the 10 held-out tasks",
         "",
-        f"Measured {s['date']} by `benchmarks/perceptual_report.py --episodes-per-task {s['episodes_per_task']}` on "
+        f"Measured {s['date']} by `{s.get('command', 'benchmarks/perceptual_report.py')}` ({s['episodes_per_task']} episodes per task) on "
         f"{s['cpu_cores']} CPU cores ({s['threads']} torch thread). Per task, the model is FITTED from the task's first "
         "k successful expert demos (the heldout_demo store's demo, then the eval store's first successes; those are "
         "never scored), then scored by `reward_models.evaluate` on up to "
