@@ -176,7 +176,7 @@ def main() -> None:
     # the compute floor: matrix-product FLOPs per update over the rate of a plain product of the same
     # sizes on one thread; no implementation of these networks at this batch can go below it
     torch.set_num_threads(1)
-    flops = {(c.agent, c.width): matmul_flops(c.step) for c in contenders if c.agent == "SB3"}
+    flops = {c.width: matmul_flops(c.step) for c in contenders if c.agent == "SB3"}  # per SB3 update
     gemm = {(dt, w): gemm_rate(dt, w, min(2.0, args.seconds)) for dt in (torch.float32, torch.bfloat16)
             for w in sorted({c.width for c in contenders})}
     load_before = os.getloadavg()
@@ -192,13 +192,14 @@ def main() -> None:
                 rates.setdefault((threads, i), []).append(timed(c.step, args.seconds))
     load_after = os.getloadavg()
 
+    sb3 = {(threads, c.width): statistics.median(rates[threads, i])
+           for threads in args.threads for i, c in enumerate(contenders) if c.agent == "SB3"}
     rows = []
     for threads in args.threads:
-        sb3 = {c.width: statistics.median(rates[threads, i]) for i, c in enumerate(contenders) if c.agent == "SB3"}
         for i, c in enumerate(contenders):
             runs = rates[threads, i]
             rate = statistics.median(runs)
-            ratio = rate / sb3[c.width]
+            ratio = rate / sb3[threads, c.width]
             rows.append(
                 f"| {c.agent} | {c.critics} | {c.width}x{c.width} | {'yes' if c.layer_norm else 'no'} | {c.precision} | {c.utd} "
                 f"| {threads} | {section_load[threads]:.1f} | {rounded(rate)} ({rounded(min(runs))}-{rounded(max(runs))}) "
@@ -225,9 +226,8 @@ def main() -> None:
         "|---|---|---|---|---|---|---|---|---|---|---|\n"
     )
     floor_rows = []
-    for (agent, width), f in flops.items():
-        sb3_rate = statistics.median(next(rates[1, i] for i, c in enumerate(contenders) if c.agent == "SB3" and c.width == width)) \
-            if 1 in args.threads else float("nan")
+    for width, f in flops.items():
+        sb3_rate = sb3.get((1, width), float("nan"))  # the 1-thread rate, when measured
         for dt, name in ((torch.float32, "fp32"), (torch.bfloat16, "bf16")):
             floor_ms = f / gemm[dt, width] * 1e3
             floor_rows.append(f"| {width}x{width} | {f / 1e6:.0f} | {name} | {gemm[dt, width] / 1e9:.0f} | {floor_ms:.2f} "

@@ -12,6 +12,7 @@ lower bound; -inf where none was given).
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Callable
 
@@ -107,10 +108,18 @@ class ReplayBuffer:
         idx = rng.integers(0, self.size, size=n)
         return {k: torch.as_tensor(getattr(self, k)[idx], device=device) for k in _FIELDS}
 
+    def rows(self) -> dict[str, np.ndarray]:
+        """Copies of the filled rows, oldest first, by field (what `add_rows` takes back)."""
+        order = (np.arange(self.size) + (self.pos - self.size)) % self.capacity
+        return {k: getattr(self, k)[order] for k in _FIELDS}
+
+    def add_rows(self, rows: Mapping[str, np.ndarray]) -> None:
+        """Append rows given by field, as `rows` returns them (``mc_return`` optional)."""
+        self.add_batch(*(rows[k] for k in _FIELDS[:-1]), rows.get("mc_return"))
+
     def save(self, path: str | os.PathLike) -> None:
         """Write the filled rows (oldest first) and the capacity to a compressed .npz."""
-        order = (np.arange(self.size) + (self.pos - self.size)) % self.capacity
-        np.savez_compressed(path, capacity=self.capacity, **{k: getattr(self, k)[order] for k in _FIELDS})
+        np.savez_compressed(path, capacity=self.capacity, **self.rows())
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "ReplayBuffer":
@@ -120,7 +129,7 @@ class ReplayBuffer:
             if missing:
                 raise ValueError(f"{str(path)!r} lacks {missing}: not written by ReplayBuffer.save")
             buf = cls(z["obs"].shape[1], z["action"].shape[1], int(z["capacity"]))
-            buf.add_batch(*(z[k] for k in _FIELDS[:-1]), z["mc_return"] if "mc_return" in z else None)
+            buf.add_rows(z)
         return buf
 
 

@@ -669,12 +669,9 @@ def check_config(cfg) -> None:
 
 def save_checkpoint(path: Path, agent, online, state: RunState, rng: np.random.Generator, cfg_dict: dict) -> None:
     """Agent (optimisers included), online replay, counters, history and random states; atomic."""
-    n = len(online)
-    order = (np.arange(n) + (online.pos - n)) % online.capacity
     payload = {"version": CHECKPOINT_VERSION, "kind": "stepwise-train-reset-free", "pair": cfg_dict["pair"],
                "success": cfg_dict["success"], "config": cfg_dict, "agent": agent.state_dict(), "state": state.__dict__,
-               "replay": {k: getattr(online, k)[order].copy()
-                          for k in ("obs", "action", "reward", "next_obs", "terminated", "mc_return")},
+               "replay": online.rows(),
                "rng": rng.bit_generator.state, "torch_rng": torch.get_rng_state()}
     tmp = path.with_suffix(".tmp")
     torch.save(payload, tmp)
@@ -758,8 +755,7 @@ def run(cfg, run_dir: str | Path) -> dict:
     torch.manual_seed(int(cfg.seed))
     if ckpt:
         agent.load_state_dict(ckpt["agent"])
-        r = ckpt["replay"]
-        online.add_batch(r["obs"], r["action"], r["reward"], r["next_obs"], r["terminated"], r["mc_return"])
+        online.add_rows(ckpt["replay"])
         rng.bit_generator.state = ckpt["rng"]
         torch.set_rng_state(ckpt["torch_rng"])
         loop.counters = LoopCounters(**state.loop)

@@ -458,10 +458,7 @@ def save_checkpoint(path: Path, agent, online, state: RunState, rng: np.random.G
         payload.update(replay=None, replay_file=replay_file, replay_size=len(online),
                        replay_bytes=(path.parent / replay_file).stat().st_size)
     else:
-        n = len(online)
-        order = (np.arange(n) + (online.pos - n)) % online.capacity
-        payload["replay"] = {k: getattr(online, k)[order].copy()
-                             for k in ("obs", "action", "reward", "next_obs", "terminated", "mc_return")}
+        payload["replay"] = online.rows()
     tmp = path.with_suffix(".tmp")
     torch.save(payload, tmp)
     tmp.replace(path)
@@ -649,8 +646,7 @@ def run(cfg, run_dir: str | Path) -> dict:
         if image_policy:
             online = load_online_images(run, ckpt)
         else:
-            r = ckpt["replay"]
-            online.add_batch(r["obs"], r["action"], r["reward"], r["next_obs"], r["terminated"], r["mc_return"])
+            online.add_rows(ckpt["replay"])
         rng.bit_generator.state = ckpt["rng"]
         torch.set_rng_state(ckpt["torch_rng"])
         log.info("resumed %s at phase %s, episode %d (%d env steps)", run, state.phase, state.episode, state.env_steps)

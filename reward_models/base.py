@@ -181,6 +181,19 @@ class DataclassConfigModel(RewardModel):
 
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self.cfg).items()}
 
+    def _load_net_weights(self, directory: Path) -> None:
+        """Load ``directory/weights.pt`` into ``self.net`` (on ``self.device``), with a CheckpointError
+        naming the file and the fix when it is missing, damaged, or for another configuration."""
+        import torch
+
+        try:
+            state = torch.load(directory / "weights.pt", map_location=self.device, weights_only=True)
+            self.net.load_state_dict(state)
+        except FileNotFoundError as err:
+            raise CheckpointError(f"{directory} has no weights.pt: re-save or re-train the model") from err
+        except Exception as err:  # torch raises many kinds on a damaged or foreign file
+            raise CheckpointError(f"{directory}/weights.pt does not fit this config or is damaged: {err}") from err
+
 
 def load(path_or_name: str | Path, device: str | None = None) -> RewardModel:
     """Load a reward model from a checkpoint directory or a shipped name (``"general"``).

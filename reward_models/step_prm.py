@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from reward_models.base import CheckpointError, DataclassConfigModel, FramesError, check_frames, register
+from reward_models.base import DataclassConfigModel, FramesError, check_frames, register
 from reward_models.progress import backward, bin_centers, forward, incremental
 
 TEXT_DIM = 384
@@ -165,13 +165,7 @@ class StepPRM(DataclassConfigModel):
         if device is not None:
             cfg.device = device
         model = cls(cfg)
-        try:
-            state = torch.load(directory / "weights.pt", map_location=model.device, weights_only=True)
-            model.net.load_state_dict(state)
-        except FileNotFoundError as err:
-            raise CheckpointError(f"{directory} has no weights.pt: re-save or re-train the model") from err
-        except Exception as err:  # torch raises many kinds on a damaged or foreign file
-            raise CheckpointError(f"{directory}/weights.pt does not fit this config or is damaged: {err}") from err
+        model._load_net_weights(directory)
         return model
 
     # --- text ------------------------------------------------------------------------------

@@ -328,13 +328,7 @@ class VLMSuccessClassifier(DataclassConfigModel):
         if device is not None:
             cfg.device = device
         model = cls(cfg, load_pretrained=False)  # the weights file holds the (fine-tuned) pretrained weights
-        try:
-            state = torch.load(directory / "weights.pt", map_location=model.device, weights_only=True)
-            model.net.load_state_dict(state)
-        except FileNotFoundError as err:
-            raise CheckpointError(f"{directory} has no weights.pt: re-save or re-train the model") from err
-        except Exception as err:  # torch raises many kinds on a damaged or foreign file
-            raise CheckpointError(f"{directory}/weights.pt does not fit this config or is damaged: {err}") from err
+        model._load_net_weights(directory)
         return model
 
     # --- text ------------------------------------------------------------------------------

@@ -26,12 +26,7 @@ TINY = dict(cameras=CAMERAS, image_size=32, channels=[8, 16, 16, 16], embed_dim=
             checkpoint_every=10, num_threads=1, device="cpu", seed=0)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
 
 
 def frames(t: int = 5, size: int = 96, seed: int = 0) -> np.ndarray:
