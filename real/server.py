@@ -187,29 +187,38 @@ class RobotServer:
         log.warning("robot stopped: %s; a client must re-arm", reason)
 
     def _handle_pending(self) -> None:
+        """Answer every queued request in arrival order; an act runs only if no newer act waits.
+
+        The queue is read again before each act, so acts that arrived while an earlier request (a
+        slow homing, say) kept the robot busy supersede it even when they came in a later read.
+        """
         import zmq
 
-        pending = []
-        while True:
-            try:
-                pending.append(self._socket.recv_multipart(zmq.NOBLOCK))
-            except zmq.Again:
-                break
-        parsed = []
-        for frames in pending:
-            ident, body = frames[0], frames[1:]
-            try:
-                header, _ = protocol.decode(body)
-            except ValueError as err:
-                self._reply(ident, {"seq": None}, code="bad_request", error=str(err))
-                continue
-            parsed.append((ident, header))
-        last_act = max((i for i, (_, h) in enumerate(parsed) if h.get("op") == "act"), default=None)
-        for i, (ident, header) in enumerate(parsed):
-            if header.get("op") == "act" and i != last_act:
-                self.counts["superseded"] += 1
-                self._reply(ident, header, code="superseded", error="a newer command arrived; only the newest runs")
-                continue
+        queue: list[tuple[bytes, dict]] = []
+
+        def drain() -> None:
+            while True:
+                try:
+                    frames = self._socket.recv_multipart(zmq.NOBLOCK)
+                except zmq.Again:
+                    return
+                ident, body = frames[0], frames[1:]
+                try:
+                    header, _ = protocol.decode(body)
+                except ValueError as err:
+                    self._reply(ident, {"seq": None}, code="bad_request", error=str(err))
+                    continue
+                queue.append((ident, header))
+
+        drain()
+        while queue:
+            ident, header = queue.pop(0)
+            if header.get("op") == "act":
+                drain()
+                if any(h.get("op") == "act" for _, h in queue):
+                    self.counts["superseded"] += 1
+                    self._reply(ident, header, code="superseded", error="a newer command arrived; only the newest runs")
+                    continue
             self._handle(ident, header)
 
     def _reply(self, ident: bytes, req: dict, code: str = "ok", error: str = "", obs=None, **results) -> None:

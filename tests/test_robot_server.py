@@ -4,6 +4,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -68,12 +69,11 @@ def test_watchdog_stops_a_silent_client_and_needs_a_rearm(server):
     robot = remote_robot(port=server.port)
     robot.reset(seed=0)
     robot.send_action(np.zeros(4, np.float32))
-    t_last = time.monotonic()
     time.sleep(0.45)
     stops = [e for e in server.events if e["reason"].startswith("watchdog")]
     assert len(stops) == 1
-    delay = stops[0]["t"] - t_last
-    assert 0.19 < delay < 0.30  # watchdog 200 ms + at most one poll
+    delay = stops[0]["t"] - stops[0]["last_command"]  # both on the server's clock
+    assert 0.20 <= delay < 0.40  # watchdog 200 ms + at most one poll (+ scheduling on a loaded machine)
     with pytest.raises(RobotStopped, match="re-arm"):
         robot.send_action(np.zeros(4, np.float32))
     robot.arm()
@@ -125,7 +125,10 @@ def test_server_killed_mid_episode_gives_a_clear_error():
 class SlowReset(SimRobot):
     """A robot whose homing takes 0.3 s (as a real one's does): commands queue meanwhile."""
 
+    homing = threading.Event()
+
     def reset(self, seed=None):
+        SlowReset.homing.set()
         time.sleep(0.3)
         return super().reset(seed)
 
@@ -147,7 +150,9 @@ def test_only_the_newest_queued_command_runs(slow_server):
     sock = zmq.Context.instance().socket(zmq.DEALER)
     sock.connect(f"tcp://127.0.0.1:{server.port}")
     send = lambda seq, op, **kw: sock.send_multipart(protocol.encode({"v": 1, "seq": seq, "op": op, **kw}))  # noqa: E731
+    SlowReset.homing.clear()
     send(1, "reset", seed=0, arm=True)  # the slow homing keeps the server busy while the acts queue
+    assert SlowReset.homing.wait(5)
     send(2, "act", action=[1, 0, 0, 0])
     send(3, "act", action=[0, 1, 0, 0])
     replies = {}
@@ -236,7 +241,8 @@ def test_killed_client_process_stops_the_robot_within_the_watchdog(server):
     proc.wait()
     time.sleep(0.5)
     assert len(server.events) == 1
-    assert server.events[0]["t"] - t_kill < 0.26  # within 200 ms of the last command (+ a poll)
+    stop = server.events[0]
+    assert stop["t"] > t_kill and stop["t"] - stop["last_command"] < 0.40  # 200 ms after the last command (+ a poll, scheduling)
 
 
 def test_server_cli_serves_and_stops_on_sigterm(tmp_path):
@@ -251,7 +257,7 @@ def test_server_cli_serves_and_stops_on_sigterm(tmp_path):
         while "tcp://" not in lines[-1] and lines[-1] and len(lines) < 20:  # skip library chatter
             lines.append(proc.stdout.readline())
         assert "tcp://127.0.0.1:5789" in lines[-1], lines
-        env = make_env(TASK, robot="remote", port=port, cameras=["corner"], image_size=32, max_episode_steps=5)
+        env = make_env(TASK, robot="remote", port=port, cameras=["corner"], image_size=32, max_episode_steps=5, timeout_ms=10000)  # a loaded CI machine
         obs, _ = env.reset(seed=0)
         assert obs["images"]["corner"].shape == (32, 32, 3)
         for _ in range(5):
