@@ -32,6 +32,12 @@ VARIANTS = {  # name -> stepwise-train overrides
     "dense": ["reward.source=sim_dense", "reward.shaping=none"],
     "oracle": ["reward.shaping=oracle"],
     "progress_bf16": ["reward.shaping=progress", "agent.precision=bf16"],  # bfloat16 forward passes
+    # the same with relative state features (object-hand, goal-hand, goal-object vectors)
+    "progress_rel": ["reward.shaping=progress", "agent.state_features=relative"],
+    "sparse_rel": ["reward.shaping=none", "agent.state_features=relative"],
+    # relative features + a 3000-step BC warm start + TD3+BC alpha 0.5 (BC holds through Cal-QL)
+    "progress_relbc": ["reward.shaping=progress", "agent.state_features=relative", "pretrain.bc_steps=3000", "agent.bc_weight=0.5"],
+    "sparse_relbc": ["reward.shaping=none", "agent.state_features=relative", "pretrain.bc_steps=3000", "agent.bc_weight=0.5"],
     # the perceptual-feature reward fitted on ONE demo, as the potential (issue 7)
     "perceptual_tcn": ["reward=perceptual", "reward.encoder=tcn", "reward.shaping=progress"],
     "perceptual_pixels": ["reward=perceptual", "reward.encoder=pixels", "reward.shaping=progress"],

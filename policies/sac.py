@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["SACConfig", "SAC", "TanhGaussianActor", "CriticEnsemble", "EnsembleLinear", "BATCH_KEYS"]
+__all__ = ["SACConfig", "SAC", "StateFeatures", "TanhGaussianActor", "CriticEnsemble", "EnsembleLinear", "BATCH_KEYS"]
 
 BATCH_KEYS = ("obs", "action", "reward", "next_obs", "terminated")
 OPTIONAL_KEYS = ("demo", "mc_return")
@@ -83,6 +83,12 @@ class SACConfig:
     """'fp32', or 'bf16': forward passes under bfloat16 autocast (matrix products in bfloat16; weights,
     optimiser state, losses and gradients accumulated in float32). On CPUs with AMX bfloat16 matrix
     products run about 4x faster (benchmarks/sac_speed.py); check learning before relying on it"""
+    state_features: str = "raw"
+    """what actor and critics read of a flat state: 'raw' (the state itself) or 'relative' (the
+    Meta-World 39-d state plus the object-to-hand, goal-to-hand and goal-to-object vectors, x10;
+    robosuite's object observations carry the same relative positions). An MLP fed absolute
+    positions must learn the differences from a few demonstrations; given them it generalises
+    across object and goal placements (benchmarks/learning.py, push and pick-place)"""
     fused_adam: bool = True
     """Adam's fused kernel (one kernel per parameter tensor; the same update as the default one);
     falls back to the default where this torch lacks it for the device"""
@@ -107,6 +113,8 @@ class SACConfig:
                 f"need cql_alpha >= 0, cql_n_actions >= 1, cql_temperature > 0; got {self.cql_alpha}, "
                 f"{self.cql_n_actions}, {self.cql_temperature}"
             )
+        if self.state_features not in STATE_FEATURES:
+            raise ValueError(f"state_features must be one of {STATE_FEATURES}, got {self.state_features!r}")
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
         if self.bc_q_floor <= 0:
@@ -118,6 +126,7 @@ class SACConfig:
 
 
 PRECISIONS = ("fp32", "bf16")
+STATE_FEATURES = ("raw", "relative")
 
 
 def make_adam(params, lr: float, fused: bool) -> torch.optim.Adam:
@@ -158,16 +167,47 @@ def mlp(in_dim: int, hidden: tuple[int, ...], out_dim: int) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
+class StateFeatures(nn.Module):
+    """The input transform of actor and critics (no parameters): 'raw' passes the state through;
+    'relative' appends, to Meta-World's 39-d state, the vectors object 1 - hand, object 2 - hand,
+    goal - hand, goal - object 1 and goal - object 2, scaled by 10 (centimetres become tenths)."""
+
+    # Meta-World's state: hand 0:3, gripper 3, object 1 position 4:7 (quaternion 7:11), object 2
+    # position 11:14 (quaternion 14:18), the previous frame's 18 values 18:36, goal 36:39.
+    HAND, OBJ1, OBJ2, GOAL = slice(0, 3), slice(4, 7), slice(11, 14), slice(36, 39)
+    PAIRS = ((OBJ1, HAND), (OBJ2, HAND), (GOAL, HAND), (GOAL, OBJ1), (GOAL, OBJ2))
+    SCALE = 10.0
+
+    def __init__(self, obs_dim: int, mode: str = "raw") -> None:
+        super().__init__()
+        if mode not in STATE_FEATURES:
+            raise ValueError(f"state_features must be one of {STATE_FEATURES}, got {mode!r}")
+        if mode == "relative" and obs_dim != 39:
+            raise ValueError(
+                f"state_features='relative' reads Meta-World's 39-d state, this observation has {obs_dim} dims: "
+                "use state_features='raw'"
+            )
+        self.mode, self.in_dim = mode, int(obs_dim)
+        self.out_dim = self.in_dim + (3 * len(self.PAIRS) if mode == "relative" else 0)
+
+    def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        if self.mode == "raw":
+            return obs
+        rel = [obs[..., a] - obs[..., b] for a, b in self.PAIRS]
+        return torch.cat([obs, *(r * self.SCALE for r in rel)], dim=-1)
+
+
 class TanhGaussianActor(nn.Module):
     """pi(a|s) = tanh(N(mu(s), sigma(s))); actions in (-1, 1)^A."""
 
-    def __init__(self, obs_dim: int, act_dim: int, hidden: tuple[int, ...]) -> None:
+    def __init__(self, obs_dim: int, act_dim: int, hidden: tuple[int, ...], state_features: str = "raw") -> None:
         super().__init__()
-        self.net = mlp(obs_dim, hidden, 2 * act_dim)
+        self.features = StateFeatures(obs_dim, state_features)
+        self.net = mlp(self.features.out_dim, hidden, 2 * act_dim)
 
     def forward(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Returns (mean, log_std), each (B, A), log_std squashed into [LOG_STD_MIN, LOG_STD_MAX]."""
-        mean, log_std = self.net(obs).chunk(2, dim=-1)
+        mean, log_std = self.net(self.features(obs)).chunk(2, dim=-1)
         log_std = LOG_STD_MIN + 0.5 * (LOG_STD_MAX - LOG_STD_MIN) * (torch.tanh(log_std) + 1.0)
         return mean, log_std
 
@@ -214,10 +254,12 @@ class CriticEnsemble(nn.Module):
     Member e equals an nn.Sequential of nn.Linear(weight = self.layers[k].weight[e].T), nn.LayerNorm, ReLU.
     """
 
-    def __init__(self, obs_dim: int, act_dim: int, hidden: tuple[int, ...], ensemble: int, layer_norm: bool) -> None:
+    def __init__(self, obs_dim: int, act_dim: int, hidden: tuple[int, ...], ensemble: int, layer_norm: bool,
+                 state_features: str = "raw") -> None:
         super().__init__()
         self.ensemble = ensemble
-        dims = (obs_dim + act_dim, *hidden)
+        self.features = StateFeatures(obs_dim, state_features)
+        dims = (self.features.out_dim + act_dim, *hidden)
         self.layers = nn.ModuleList(EnsembleLinear(ensemble, i, o) for i, o in zip(dims[:-1], dims[1:]))
         self.norms = nn.ModuleList(
             EnsembleLayerNorm(ensemble, h) if layer_norm else nn.Identity() for h in hidden
@@ -226,7 +268,7 @@ class CriticEnsemble(nn.Module):
 
     def forward(self, obs: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
         """obs (B, S), action (B, A) -> Q (E, B)."""
-        x = torch.cat([obs, action], dim=-1).unsqueeze(0).expand(self.ensemble, -1, -1)
+        x = torch.cat([self.features(obs), action], dim=-1).unsqueeze(0).expand(self.ensemble, -1, -1)
         for layer, norm in zip(self.layers, self.norms):
             x = F.relu(norm(layer(x)))
         return self.head(x).squeeze(-1)
@@ -254,8 +296,9 @@ class SAC:
         self.cfg = cfg = config if config is not None else SACConfig()
         self.obs_dim, self.act_dim = int(obs_dim), int(act_dim)
         self.device = resolve_device(cfg.device)
-        self.actor = TanhGaussianActor(obs_dim, act_dim, cfg.hidden_sizes).to(self.device)
-        self.critic = CriticEnsemble(obs_dim, act_dim, cfg.hidden_sizes, cfg.num_critics, cfg.layer_norm).to(self.device)
+        self.actor = TanhGaussianActor(obs_dim, act_dim, cfg.hidden_sizes, cfg.state_features).to(self.device)
+        self.critic = CriticEnsemble(obs_dim, act_dim, cfg.hidden_sizes, cfg.num_critics, cfg.layer_norm,
+                                     cfg.state_features).to(self.device)
         self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
         self.log_alpha = torch.tensor(math.log(cfg.init_temperature), device=self.device, requires_grad=True)
         self.target_entropy = float(-act_dim if cfg.target_entropy is None else cfg.target_entropy)
