@@ -26,21 +26,32 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 TASKS = ["drawer-open", "door-open", "button-press-topdown", "window-close", "push", "pick-place"]
-VARIANTS = {  # name -> stepwise-train overrides
+# The defaults before 2026-11-28 (raw state, BC warm start 500 steps, TD3+BC alpha 2.5, no conservative
+# term online); the `_v1` variants ran with them.
+V1 = ["agent.state_features=raw", "pretrain.bc_steps=500", "agent.bc_weight=2.5", "online.cql_alpha=0.0"]
+VARIANTS = {  # name -> stepwise-train overrides (the plain names run the current defaults)
     "progress": ["reward.shaping=progress"],
     "sparse": ["reward.shaping=none"],
     "dense": ["reward.source=sim_dense", "reward.shaping=none"],
     "oracle": ["reward.shaping=oracle"],
     "progress_bf16": ["reward.shaping=progress", "agent.precision=bf16"],  # bfloat16 forward passes
-    # the same with relative state features (object-hand, goal-hand, goal-object vectors)
-    "progress_rel": ["reward.shaping=progress", "agent.state_features=relative"],
-    "sparse_rel": ["reward.shaping=none", "agent.state_features=relative"],
-    # relative features + a 3000-step BC warm start + TD3+BC alpha 0.5 (BC holds through Cal-QL)
-    "progress_relbc": ["reward.shaping=progress", "agent.state_features=relative", "pretrain.bc_steps=3000", "agent.bc_weight=0.5"],
-    "sparse_relbc": ["reward.shaping=none", "agent.state_features=relative", "pretrain.bc_steps=3000", "agent.bc_weight=0.5"],
     # the perceptual-feature reward fitted on ONE demo, as the potential (issue 7)
     "perceptual_tcn": ["reward=perceptual", "reward.encoder=tcn", "reward.shaping=progress"],
     "perceptual_pixels": ["reward=perceptual", "reward.encoder=pixels", "reward.shaping=progress"],
+    # the earlier defaults, and the steps from them to the current ones
+    "progress_v1": ["reward.shaping=progress", *V1],
+    "sparse_v1": ["reward.shaping=none", *V1],
+    "dense_v1": ["reward.source=sim_dense", "reward.shaping=none", *V1],
+    "oracle_v1": ["reward.shaping=oracle", *V1],
+    "progress_bf16_v1": ["reward.shaping=progress", "agent.precision=bf16", *V1],
+    "perceptual_tcn_v1": ["reward=perceptual", "reward.encoder=tcn", "reward.shaping=progress", *V1],
+    "perceptual_pixels_v1": ["reward=perceptual", "reward.encoder=pixels", "reward.shaping=progress", *V1],
+    "progress_rel": ["reward.shaping=progress", *V1, "agent.state_features=relative"],  # v1 + relative features
+    # v1 + relative features + BC warm start 3000 steps + TD3+BC alpha 0.5 (the current defaults but for online.cql_alpha)
+    "progress_relbc": ["reward.shaping=progress", *V1, "agent.state_features=relative", "pretrain.bc_steps=3000",
+                       "agent.bc_weight=0.5"],
+    "sparse_relbc": ["reward.shaping=none", *V1, "agent.state_features=relative", "pretrain.bc_steps=3000",
+                     "agent.bc_weight=0.5"],
 }
 CHECKPOINTS = (10, 20, 50, 100, 150)
 
@@ -111,8 +122,9 @@ def write_table(runs_dir: Path, out: Path) -> None:
         "# Learning benchmark: stepwise-train on held-out tasks", "",
         f"Written {time.strftime('%Y-%m-%d %H:%M')} by `benchmarks/learning.py` on {os.cpu_count()} CPU cores ({cpu}); "
         "two to five processes side by side (this benchmark ran 2 runs at a time beside other jobs; wall times are contended), 1 torch thread each. Every run: 5 scripted demonstrations (demo split) for the "
-        "policy, the progress model adapted on ONE of them (150 steps), BC warm start 500 steps + Cal-QL "
-        "pre-training 1000 steps, then online SAC (2 critics, 256x256, update ratio 1, BC term) on the train split, "
+        "policy, the progress model adapted on ONE of them (150 steps), BC warm start 3000 steps + Cal-QL "
+        "pre-training 1000 steps, then online SAC with Cal-QL's conservative term kept (2 critics, 256x256, update ratio 1, "
+        "TD3+BC term with alpha 0.5, relative state features) on the train split, "
         "episodes of at most 200 steps ended at success (+10); `online eps` says how long each run was. Evaluation: deterministic policy on the eval split "
         "(variants never seen in demos or training), 10 episodes every 10 online episodes; `final` = 50 episodes "
         "after the last online episode.", "",
@@ -120,7 +132,9 @@ def write_table(runs_dir: Path, out: Path) -> None:
         "`sparse` = success reward only; `dense` = Meta-World's hand-written dense reward (reference); `oracle` = "
         "sparse + shaping from a privileged simulator potential (the dense reward / 10), the ceiling a learned "
         "progress model can approach; `perceptual_<encoder>` = sparse + lambda 5 shaping from the perceptual-feature "
-        "reward fitted on ONE demonstration with that encoder.", "",
+        "reward fitted on ONE demonstration with that encoder. `_v1` = the same with the defaults before 2026-11-28 "
+        "(raw 39-d state, BC warm start 500 steps, TD3+BC alpha 2.5, no conservative term online); `progress_rel` and "
+        "`progress_relbc` / `sparse_relbc` are the steps between (see VARIANTS in the script).", "",
         "| run | online eps | " + " | ".join(f"@{c}" for c in CHECKPOINTS) + " | final (50 eps) | first 100% at | hacking eps | wall min |",
         "|---|---|" + "---|" * (len(CHECKPOINTS) + 4),
     ]
@@ -149,14 +163,15 @@ def write_table(runs_dir: Path, out: Path) -> None:
         summary[label] = {"runs": len(rs), "at": {c: cell for c, cell in zip(CHECKPOINTS, cells)}, "final": final}
         show = lambda cell: "-" if cell is None else (f"{cell[0]:.2f}" + ("" if cell[1] == len(rs) else f" ({cell[1]} runs)"))  # noqa: E731
         lines.append(f"| {label} | {len(rs)} | " + " | ".join(show(cell) for cell in cells) + f" | {final:.2f} |")
-    demo_runs = {n: r for n, r in reports.items() if "__progress__s0" in n}
-    curve = [(t, r["demos"], r["final_success_rate"], success_at(r, 50), r["first_episode_at_full_success"])
+    demo_runs = {n: r for n, r in reports.items() if "__progress__s0" in n or "__progress_v1__s0" in n}
+    curve = [(t, "v1" if "_v1__" in n else "current", r["demos"], r["final_success_rate"], success_at(r, 50),
+              r["first_episode_at_full_success"])
              for n, r in demo_runs.items() for t in [r["task"].split("/")[1]] if t in ("drawer-open", "push")]
-    if any(d != 5 for _, d, *_ in curve):
+    if any(d != 5 for _, _, d, *_ in curve):
         lines += ["", "Demonstration curve (progress shaping, seed 0):", "",
-                  "| task | demos | @50 | final (50 eps) | first 100% at |", "|---|---|---|---|---|"]
-        for t, d, f, s50, first in sorted(curve):
-            lines.append(f"| {t} | {d} | {fmt(s50)} | {f:.2f} | {first} |")
+                  "| task | defaults | demos | @50 | final (50 eps) | first 100% at |", "|---|---|---|---|---|---|"]
+        for t, v, d, f, s50, first in sorted(curve):
+            lines.append(f"| {t} | {v} | {d} | {fmt(s50)} | {f:.2f} | {first} |")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text("\n".join(lines) + "\n")
     out.with_suffix(".json").write_text(json.dumps({"summary": summary, "runs": reports}, indent=1, default=str))

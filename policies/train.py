@@ -387,6 +387,7 @@ def image_agent_config(cfg):
     fields["hidden_sizes"] = tuple(fields["hidden_sizes"])
     fields["encoder_strides"] = tuple(fields["encoder_strides"])
     fields["device"] = cfg.device
+    fields["state_features"] = "raw"  # actor and critics read pixel features here, not Meta-World's state
     try:
         return ImageSACConfig(**fields)
     except (TypeError, ValueError) as err:
