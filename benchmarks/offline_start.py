@@ -17,18 +17,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
-import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from learning import run_one  # noqa: E402  (one stepwise-train run per cell, skipped once finished)
 from machine import cpu_name  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
-BIN = Path(sys.executable).parent
 FEATURES = ("raw", "relative")
 SETTINGS = {  # name -> (description, stepwise-train overrides)
     "bc500": ("BC warm start 500 steps (the old default's warm start)", ["algo=bc", "pretrain.bc_steps=500"]),
@@ -40,20 +38,6 @@ SETTINGS = {  # name -> (description, stepwise-train overrides)
     "bc3000+calql_a0.5": ("BC 3000 + Cal-QL 1000 steps, TD3+BC alpha 0.5",
                           ["algo=calql", "online.episodes=0", "pretrain.bc_steps=3000", "agent.bc_weight=0.5"]),
 }
-
-
-def run_one(name: str, overrides: list[str], runs_dir: Path) -> dict | None:
-    out = runs_dir / name
-    if (out / "report.json").exists():
-        return json.loads((out / "report.json").read_text())
-    cmd = [str(BIN / "stepwise-train"), *overrides, "threads=1", "offline_threads=1", "reward.shaping=none",
-           "reward.adapt_steps=0", f"hydra.run.dir={out}"]
-    out.mkdir(parents=True, exist_ok=True)
-    t0 = time.time()
-    with open(out / "stdout.log", "w") as log:
-        proc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
-    print(f"{name}: rc {proc.returncode} in {time.time() - t0:.0f} s", flush=True)
-    return json.loads((out / "report.json").read_text()) if (out / "report.json").exists() else None
 
 
 def write_table(results: dict, tasks: list[str], eval_episodes: int, out: Path) -> None:
@@ -94,13 +78,13 @@ def main() -> None:
     parser.add_argument("--table-only", action="store_true")
     args = parser.parse_args()
     runs_dir, out = Path(args.runs), Path(args.out)
-    plan = [(f"{t}__{f}__{s}", [f"task=metaworld/{t}", f"agent.state_features={f}",
-                                f"eval.final_episodes={args.eval_episodes}", *SETTINGS[s][1]])
+    plan = [(f"{t}__{f}__{s}", [f"task=metaworld/{t}", f"agent.state_features={f}", "reward.shaping=none",
+                                "reward.adapt_steps=0", f"eval.final_episodes={args.eval_episodes}", *SETTINGS[s][1]])
             for t in args.tasks for f in args.features for s in args.settings]
     results: dict = {}
     if not args.table_only:
         with ThreadPoolExecutor(args.parallel) as pool:
-            for (name, _), fut in zip(plan, [pool.submit(run_one, n, ov, runs_dir) for n, ov in plan]):
+            for (name, _), fut in zip(plan, [pool.submit(run_one, n, ov, runs_dir, []) for n, ov in plan]):
                 if (r := fut.result()) is not None:
                     results[name] = r
                     write_table(results, args.tasks, args.eval_episodes, out)
