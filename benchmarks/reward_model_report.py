@@ -320,6 +320,12 @@ def render(cache: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def camera_rows(rows: dict, keys: tuple[str, ...]) -> list[str]:
+    """One table row per single-camera evaluation (``camera:<name>``): its mean ``keys``, then states/s."""
+    return [f"| {r[7:]} | " + " | ".join(cell(row["mean"][k]) for k in keys) + f" | {row['states_per_s']:.0f} |"
+            for r, row in rows.items() if r.startswith("camera:")]
+
+
 def render_step_prm(sp: dict, tasks: list[str]) -> list[str]:
     """The step-PRM section: settings, single-camera rows, per-task VOC and AUROC."""
     s, rows = sp["settings"], sp["zero_shot"]
@@ -329,11 +335,7 @@ def render_step_prm(sp: dict, tasks: list[str]) -> list[str]:
              "one-shot adaptation fine-tunes it on ONE demo-split demonstration of the task"
              + (f" ({s['adapt_steps']} steps, {s['adapt_seconds_mean']:.0f} s per task)." if s.get("adapt_seconds_mean") else "."),
              "", "| zero-shot, one camera | VOC | VOC reversed | AUROC | success acc | states/s |", "|---|---|---|---|---|---|"]
-    for r, row in rows.items():
-        if r.startswith("camera:"):
-            m = row["mean"]
-            lines.append(f"| {r[7:]} | {cell(m['voc_d1'])} | {cell(m['voc_reversed'])} | {cell(m['auroc'])} | "
-                         f"{cell(m['success_acc'])} | {row['states_per_s']:.0f} |")
+    lines += camera_rows(rows, ("voc_d1", "voc_reversed", "auroc", "success_acc"))
     lines += ["", "| task | VOC zero-shot | VOC adapted | AUROC zero-shot | AUROC adapted |", "|---|---|---|---|---|"]
     for task in tasks:
         z, a = rows["model"]["per_task"].get(f"metaworld/{task}", {}), sp["adapted"].get(task, {})
@@ -404,11 +406,7 @@ def render_vlm(vl: dict, tasks: list[str]) -> list[str]:
              f"2 threads; inside the evaluation (small batches, I/O excluded, the machine shared with other jobs) "
              f"{zero['model']['states_per_s']:.0f} frames/s.",
              "", "| zero-shot, one camera | AUROC (frames) | success acc | FPR | FNR | frames/s |", "|---|---|---|---|---|---|"]
-    for r, row in zero.items():
-        if r.startswith("camera:"):
-            m = row["mean"]
-            lines.append(f"| {r[7:]} | {cell(m['success_auroc'])} | {cell(m['success_acc'])} | {cell(m['success_fpr'])} | "
-                         f"{cell(m['success_fnr'])} | {row['states_per_s']:.0f} |")
+    lines += camera_rows(zero, ("success_auroc", "success_acc", "success_fpr", "success_fnr"))
     cols = [("success_acc", "acc"), ("success_f1", "F1"), ("success_auroc", "AUROC"), ("success_fpr", "FPR"),
             ("success_fnr", "FNR"), ("success_ece", "ECE")]
     lines += ["", "Per task, zero-shot / adapted (frames of the scored episodes; AUROC over frames):", "",
