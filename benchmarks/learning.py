@@ -52,6 +52,14 @@ VARIANTS = {  # name -> stepwise-train overrides (the plain names run the curren
                        "agent.bc_weight=0.5"],
     "sparse_relbc": ["reward.shaping=none", *V1, "agent.state_features=relative", "pretrain.bc_steps=3000",
                      "agent.bc_weight=0.5"],
+    # candidates after the current defaults (2026-11-28): a cheaper conservative term buying more updates,
+    # and the BC term annealed away over the run
+    "progress_n1u2": ["reward.shaping=progress", "agent.cql_n_actions=1", "online.updates_per_step=2"],
+    "progress_bcanneal": ["reward.shaping=progress", "online.bc_final=0.0", "online.bc_anneal_episodes=60"],
+    # self-imitation: online episodes that end at success join the demonstrations
+    "progress_imitate": ["reward.shaping=progress", "online.imitate_successes=true"],
+    "progress_n1u2_imitate": ["reward.shaping=progress", "agent.cql_n_actions=1", "online.updates_per_step=2",
+                              "online.imitate_successes=true"],
 }
 CHECKPOINTS = (10, 20, 50, 100, 150)
 

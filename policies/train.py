@@ -110,6 +110,13 @@ def check_config(cfg) -> None:
         raise TrainConfigError(f"policy={cfg.policy!r} unknown: use one of {POLICIES}")
     if cfg.policy == "image":
         check_image_policy(cfg)
+    if cfg.online.get("imitate_successes", False):
+        if cfg.algo != "calql":
+            raise TrainConfigError(f"online.imitate_successes=true adds successful online episodes to the "
+                                   f"demonstrations, which algo={cfg.algo} has no use for: use algo=calql, or set it false")
+        if cfg.policy == "image":
+            raise TrainConfigError("online.imitate_successes=true works with policy=state only (the image policy keeps "
+                                   "its demonstrations' frames in a buffer sized for them): set it false for policy=image")
 
 
 def check_image_policy(cfg) -> None:
@@ -433,8 +440,10 @@ def evaluate(agent, env, seeds: list[int], observe: Callable[[Mapping], Any] = s
 REPLAY_PREFIX = "online_replay_ep"  # the image policy's online replay: <prefix><episode>.npz beside checkpoint.pt
 
 
-def save_checkpoint(path: Path, agent, online, state: RunState, rng: np.random.Generator, cfg_dict: dict) -> None:
-    """Everything a resume needs, written atomically (tmp + rename).
+def save_checkpoint(path: Path, agent, online, state: RunState, rng: np.random.Generator, cfg_dict: dict,
+                    imitated: dict | None = None) -> None:
+    """Everything a resume needs, written atomically (tmp + rename). ``imitated``: the rows of
+    successful online episodes added to the demonstrations (online.imitate_successes), by field.
 
     The state policy's online replay is embedded in the checkpoint. The image policy's
     (`ImageReplayBuffer`, GBs at full size) goes to its own file, named by the episode count and
@@ -447,7 +456,7 @@ def save_checkpoint(path: Path, agent, online, state: RunState, rng: np.random.G
         "policy": cfg_dict.get("policy", "state"),
         "obs_dim": agent.obs_dim, "act_dim": agent.act_dim, "config": cfg_dict,
         "agent": agent.state_dict(), "state": state.__dict__,
-        "replay_capacity": online.capacity,
+        "replay_capacity": online.capacity, "imitated": imitated,
         "rng": rng.bit_generator.state, "torch_rng": torch.get_rng_state(),
     }
     replay_file = None
@@ -629,12 +638,15 @@ def run(cfg, run_dir: str | Path) -> dict:
         obs_dim = env.observation_space["state"].shape[0]
         agent = make_agent(cfg, obs_dim, act_dim)
         new_buffer = lambda rows: ReplayBuffer(obs_dim, act_dim, rows)  # noqa: E731
-        offline = new_buffer(sum(len(r.actions) for r in records))
+        # self-imitation: successful online episodes join the demonstrations, so the buffer has room for them
+        imitate = bool(cfg.online.get("imitate_successes", False))
+        offline = new_buffer(sum(len(r.actions) for r in records) + (int(cfg.online.capacity) if imitate else 0))
     demo_terms = []
     for rec in records:
         terms = pipeline(rec)
         demo_terms.append(terms)
         add_to_replay(offline, rec, terms)
+    demo_rows = len(offline)  # rows beyond these are imitated online episodes (online.imitate_successes)
     online = new_buffer(int(cfg.online.capacity))
     rng = np.random.default_rng(int(cfg.seed))
     torch.manual_seed(int(cfg.seed))
@@ -648,6 +660,8 @@ def run(cfg, run_dir: str | Path) -> dict:
             online = load_online_images(run, ckpt)
         else:
             online.add_rows(ckpt["replay"])
+            if ckpt.get("imitated") is not None:
+                offline.add_rows(ckpt["imitated"])
         rng.bit_generator.state = ckpt["rng"]
         torch.set_rng_state(ckpt["torch_rng"])
         log.info("resumed %s at phase %s, episode %d (%d env steps)", run, state.phase, state.episode, state.env_steps)
@@ -663,7 +677,10 @@ def run(cfg, run_dir: str | Path) -> dict:
 
     def checkpoint() -> None:
         state.wall_time_s = wall_before + time.perf_counter() - session_start
-        save_checkpoint(ckpt_path, agent, online, state, rng, cfg_dict)
+        imitated = None
+        if not image_policy and len(offline) > demo_rows:
+            imitated = {k: v[demo_rows:] for k, v in offline.rows().items()}
+        save_checkpoint(ckpt_path, agent, online, state, rng, cfg_dict, imitated)
 
     def run_eval(n_seeds: list[int]) -> dict:
         res = evaluate(agent, eval_env, n_seeds, observe)
@@ -710,13 +727,19 @@ def run(cfg, run_dir: str | Path) -> dict:
         rec, stats = run_episode(cfg, env, agent, replay, rng, state, batch_rows, score_cams, view)
         terms = pipeline(rec)
         add_to_replay(online, rec, terms)
+        # self-imitation: an episode that ended at the learner's own success signal (the true terminal
+        # the env gave: the simulator's success, or the classifier's) joins the demonstrations, for the
+        # offline half of each batch and the BC term
+        imitated = bool(cfg.online.get("imitate_successes", False) and len(rec.terminated) and rec.terminated[-1])
+        if imitated:
+            add_to_replay(offline, rec, terms)
         hacked = bool(terms["final_progress"] >= float(cfg.reward.hacking_progress) and not rec.success)
         row = {
             "episode": state.episode, "length": len(rec.actions), "success": rec.success,
             "return": float(terms["reward"].sum()), "env_reward": float(terms["env_reward"].sum()),
             "shaping": float(terms["shaping"].sum()), "phi_mean": float(terms["phi"].mean()),
             "phi_next_mean": float(terms["phi_next"].mean()), "final_progress": terms["final_progress"],
-            "hacking": hacked, **stats,
+            "hacking": hacked, "imitated": imitated, **stats,
         }
         if cfg.reward.source == "success_prob":
             claimed = bool(rec.terminated[-1])
@@ -829,6 +852,7 @@ def write_report(run: Path, cfg, state: RunState, final: dict, demo_terms: list[
         "train_success_rate_last_20": float(np.mean([h["success"] for h in hist[-20:]])) if hist else None,
         "hacking_monitor": {"threshold": float(cfg.reward.hacking_progress), "episodes": len(hacked),
                             "of": len(hist), "episode_ids": hacked},
+        "imitated_episodes": sum(bool(h.get("imitated")) for h in hist),
         "demo_final_progress": [float(t["final_progress"]) for t in demo_terms],
         "policy": {"kind": cfg.policy, **(image_policy or {})},
     }
@@ -861,6 +885,8 @@ def write_report(run: Path, cfg, state: RunState, final: dict, demo_terms: list[
     lines += [f"| {e['episode']} | {e['success_rate']:.2f} | {e['episodes']} |" for e in state.evals]
     lines += ["", f"Reward-hacking monitor: {len(hacked)} of {len(hist)} training episodes ended with progress >= "
               f"{cfg.reward.hacking_progress} and no success" + (f" (episodes {hacked[:20]})" if hacked else "") + ".",
+              *(["", f"Self-imitation: {report['imitated_episodes']} successful online episodes joined the "
+                  f"{cfg.demos} demonstrations."] if cfg.online.get("imitate_successes", False) else []),
               "", "Stage times (s): " + ", ".join(f"{k} {v:.0f}" for k, v in state.stage_seconds.items()),
               "", "![success curve](success_curve.png)"]
     if "detector" in report:

@@ -83,6 +83,7 @@ def test_small_job_reports_and_resumes(tmp_path):
     np.testing.assert_array_equal(after["replay"]["obs"][:n_before], before["replay"]["obs"])
     assert after["agent"]["num_updates"] > before["agent"]["num_updates"]
     assert report["wall_time_s"] >= saved["wall_time_s"]
+    assert after["imitated"] is None and report["imitated_episodes"] == 0  # self-imitation is off by default
 
 
 # the image policy: 16 px frames of the 3-camera rig, rendered at that size (no camera-based reward)
@@ -255,3 +256,30 @@ def test_reward_vlm_success_combines_with_progress_shaping(tmp_path):
     row = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=False)["state"]["history"][0]
     assert row["shaping"] != 0.0 and 0.0 <= row["final_progress"] <= 1.0
     assert "detector_false_positive" in row and report["reward"]["shaping"] == "progress"
+
+
+def test_self_imitation_adds_successful_episodes_to_the_demonstrations_and_resumes(tmp_path):
+    """online.imitate_successes=true: an online episode that ends at the learner's success signal joins
+    the demonstrations (offline half of each batch, BC term); the checkpoint carries those rows and a
+    resume restores and extends them. Threshold 0 makes the classifier call every first step done, so
+    every episode here is a one-step success."""
+    over = SMALL + ["reward.source=success_prob", "reward.success_model=vlm-general", "reward.success_threshold=0.0",
+                    "online.imitate_successes=true"]
+    out = tmp_path / "run"
+    report = run(cfg_of(*over), out)
+    ck = torch.load(out / "checkpoint.pt", weights_only=False)
+    rows = ck["state"]["history"]
+    assert [r["imitated"] for r in rows] == [True, True] and report["imitated_episodes"] == 2
+    # exactly the online episodes' transitions, appended after the demonstration
+    for k in ("obs", "action", "reward", "next_obs", "terminated", "mc_return"):
+        np.testing.assert_array_equal(ck["imitated"][k], ck["replay"][k])
+    assert ck["imitated"]["terminated"].tolist() == [1.0, 1.0]
+    assert "Self-imitation: 2 successful online episodes" in (out / "report.md").read_text()
+    run(cfg_of(*over, "resume=true", "online.episodes=3"), out)
+    after = torch.load(out / "checkpoint.pt", weights_only=False)
+    assert len(after["imitated"]["obs"]) == 3
+    np.testing.assert_array_equal(after["imitated"]["obs"][:2], ck["imitated"]["obs"])
+    with pytest.raises(TrainConfigError, match="algo=calql"):
+        check_config(cfg_of("online.imitate_successes=true", "algo=sac"))
+    with pytest.raises(TrainConfigError, match="policy=state"):
+        check_config(cfg_of("online.imitate_successes=true", "policy=image"))
