@@ -142,7 +142,10 @@ def write_table(runs_dir: Path, out: Path) -> None:
         "progress model can approach; `perceptual_<encoder>` = sparse + lambda 5 shaping from the perceptual-feature "
         "reward fitted on ONE demonstration with that encoder. `_v1` = the same with the defaults before 2026-11-28 "
         "(raw 39-d state, BC warm start 500 steps, TD3+BC alpha 2.5, no conservative term online); `progress_rel` and "
-        "`progress_relbc` / `sparse_relbc` are the steps between (see VARIANTS in the script).", "",
+        "`progress_relbc` / `sparse_relbc` are the steps between (see VARIANTS in the script). Candidates tried after the "
+        "current defaults: `progress_n1u2` = the conservative term with 1 sampled action per source instead of 4, buying "
+        "2 updates per env step; `progress_bcanneal` = the BC term annealed to 0 over the 60 episodes; "
+        "`progress_imitate` = self-imitation (`online.imitate_successes`: episodes ending at success join the demonstrations).", "",
         "| run | online eps | " + " | ".join(f"@{c}" for c in CHECKPOINTS) + " | final (50 eps) | first 100% at | hacking eps | wall min |",
         "|---|---|" + "---|" * (len(CHECKPOINTS) + 4),
     ]
