@@ -661,6 +661,10 @@ def run(cfg, run_dir: str | Path) -> dict:
         else:
             online.add_rows(ckpt["replay"])
             if ckpt.get("imitated") is not None:
+                if not cfg.online.get("imitate_successes", False):
+                    raise TrainConfigError(
+                        f"{ckpt_path} holds {len(ckpt['imitated']['obs'])} imitated transitions (a run with "
+                        "online.imitate_successes=true): resume it with online.imitate_successes=true")
                 offline.add_rows(ckpt["imitated"])
         rng.bit_generator.state = ckpt["rng"]
         torch.set_rng_state(ckpt["torch_rng"])

@@ -278,6 +278,8 @@ def test_self_imitation_adds_successful_episodes_to_the_demonstrations_and_resum
     run(cfg_of(*over, "resume=true", "online.episodes=3"), out)
     after = torch.load(out / "checkpoint.pt", weights_only=False)
     assert len(after["imitated"]["obs"]) == 3
+    with pytest.raises(TrainConfigError, match="online.imitate_successes=true"):  # its rows must not be dropped
+        run(cfg_of(*over[:-1], "resume=true", "online.episodes=4"), out)
     np.testing.assert_array_equal(after["imitated"]["obs"][:2], ck["imitated"]["obs"])
     with pytest.raises(TrainConfigError, match="algo=calql"):
         check_config(cfg_of("online.imitate_successes=true", "algo=sac"))
