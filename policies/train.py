@@ -626,6 +626,7 @@ def run(cfg, run_dir: str | Path) -> dict:
                         include_state=not image_policy, **robot_kw)
     observe = view if image_policy else state_view
     act_dim = env.action_space.shape[0]
+    imitate = bool(cfg.online.get("imitate_successes", False))  # check_config allows it for policy=state only
 
     # -- agent and replay ---------------------------------------------------------------------
     if image_policy:
@@ -639,7 +640,6 @@ def run(cfg, run_dir: str | Path) -> dict:
         agent = make_agent(cfg, obs_dim, act_dim)
         new_buffer = lambda rows: ReplayBuffer(obs_dim, act_dim, rows)  # noqa: E731
         # self-imitation: successful online episodes join the demonstrations, so the buffer has room for them
-        imitate = bool(cfg.online.get("imitate_successes", False))
         offline = new_buffer(sum(len(r.actions) for r in records) + (int(cfg.online.capacity) if imitate else 0))
     demo_terms = []
     for rec in records:
@@ -661,7 +661,7 @@ def run(cfg, run_dir: str | Path) -> dict:
         else:
             online.add_rows(ckpt["replay"])
             if ckpt.get("imitated") is not None:
-                if not cfg.online.get("imitate_successes", False):
+                if not imitate:
                     raise TrainConfigError(
                         f"{ckpt_path} holds {len(ckpt['imitated']['obs'])} imitated transitions (a run with "
                         "online.imitate_successes=true): resume it with online.imitate_successes=true")
@@ -682,7 +682,7 @@ def run(cfg, run_dir: str | Path) -> dict:
     def checkpoint() -> None:
         state.wall_time_s = wall_before + time.perf_counter() - session_start
         imitated = None
-        if not image_policy and len(offline) > demo_rows:
+        if imitate and len(offline) > demo_rows:
             imitated = {k: v[demo_rows:] for k, v in offline.rows().items()}
         save_checkpoint(ckpt_path, agent, online, state, rng, cfg_dict, imitated)
 
@@ -734,7 +734,7 @@ def run(cfg, run_dir: str | Path) -> dict:
         # self-imitation: an episode that ended at the learner's own success signal (the true terminal
         # the env gave: the simulator's success, or the classifier's) joins the demonstrations, for the
         # offline half of each batch and the BC term
-        imitated = bool(cfg.online.get("imitate_successes", False) and len(rec.terminated) and rec.terminated[-1])
+        imitated = imitate and bool(rec.terminated[-1])
         if imitated:
             add_to_replay(offline, rec, terms)
         hacked = bool(terms["final_progress"] >= float(cfg.reward.hacking_progress) and not rec.success)
