@@ -21,6 +21,7 @@ from __future__ import annotations
 import logging
 import sys
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -270,34 +271,27 @@ def collect(cfg) -> str:
 
 def main() -> None:
     """Console entry point (Hydra): ``stepwise-collect task=metaworld/drawer-open episodes=5``."""
-    import hydra
+    from configs.entry import hydra_job
+    from episodes import StoreError
+    from sim.rendering import CameraError
+    from sim.tasks import UnknownTaskError
 
-    @hydra.main(config_path="../configs", config_name="collect", version_base="1.3")
-    def _run(cfg) -> None:
-        from episodes import StoreError, summarize
-        from sim.rendering import CameraError
-        from sim.tasks import UnknownTaskError
+    hydra_job("stepwise-collect", "collect", _job, errors=(StoreError, CameraError, UnknownTaskError, ValueError))
 
-        from omegaconf import OmegaConf
 
-        from sim.tasks import task_split
+def _job(cfg, run_dir: Path) -> None:
+    """Collect one store per task (``task=`` a task name, a split's group name, or ``all``)."""
+    from omegaconf import OmegaConf
 
-        groups = {**task_split(), "all": None}
-        names = [cfg.task]
-        if cfg.task in groups:  # a whole task group: one store per task
-            from sim.tasks import list_tasks
+    from episodes import summarize
+    from sim.tasks import list_tasks, task_split
 
-            names = groups[cfg.task] or list_tasks()
-        for name in names:
-            one = OmegaConf.merge(cfg, {"task": name})
-            try:
-                path = collect(one)
-            except (StoreError, CameraError, UnknownTaskError, ValueError) as err:
-                print(f"stepwise-collect: error: {err}", file=sys.stderr)
-                sys.exit(2)
-            print(summarize(path))
-
-    _run()
+    groups = {**task_split(), "all": None}
+    names = [cfg.task]
+    if cfg.task in groups:  # a whole task group: one store per task
+        names = groups[cfg.task] or list_tasks()
+    for name in names:
+        print(summarize(collect(OmegaConf.merge(cfg, {"task": name}))))
 
 
 if __name__ == "__main__":
