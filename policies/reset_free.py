@@ -43,153 +43,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from sim.task_pair import OBS_DIM, ResetFreeConfigError, TaskPairScene, get_pair
 from sim.tasks import get_task
-from sim.world import _SIGNAL_KEYS, SimTask, StepSignals
+from sim.world import StepSignals
 
 log = logging.getLogger("stepwise.reset_free")
 
-# pair name -> (forward task, backward task); both must be built on one model file (checked on build)
-TASK_PAIRS: dict[str, tuple[str, str]] = {
-    "drawer": ("metaworld/drawer-open", "metaworld/drawer-close"),
-    "door": ("metaworld/door-open", "metaworld/door-close"),
-    "window": ("metaworld/window-open", "metaworld/window-close"),
-    "faucet": ("metaworld/faucet-open", "metaworld/faucet-close"),  # its scripted close expert fails from where
-}                                                                      # faucet-open ends: no backward demos
 SUCCESS_SIGNALS = ("classifier", "sim")
 DIRECTIONS = ("forward", "backward")
 CHECKPOINT_VERSION = 1
-
-
-class ResetFreeConfigError(ValueError):
-    """A setting of stepwise-train-reset-free that cannot work; the message names it and the fix."""
-
-
-def get_pair(pair: str) -> tuple[str, str]:
-    """The (forward, backward) task names of a registered pair.
-
-    Raises:
-        ResetFreeConfigError: an unknown pair, naming the known ones.
-    """
-    if pair not in TASK_PAIRS:
-        raise ResetFreeConfigError(
-            f"pair={pair!r} is not a registered task pair: use one of {sorted(TASK_PAIRS)} "
-            "(two tasks that share one scene, e.g. pair=drawer for drawer-open / drawer-close)"
-        )
-    return TASK_PAIRS[pair]
-
-
-# --------------------------------------------------------------------------- the shared scene
-
-
-class SharedSceneTask(SimTask):
-    """A `SimTask` that can take over another task's physics state (same model file) and be reset
-    to a given scene variant, so that two tasks continue one simulation."""
-
-    def reset_to_variant(self, variant: np.ndarray) -> None:
-        """Reset to the scene variant ``variant`` (object placement) drawn by the other task of the pair."""
-        env = self._env
-        env._last_rand_vec = np.array(variant, dtype=np.float64)
-        env._freeze_rand_vec = True  # Meta-World's reset then places the scene from _last_rand_vec
-        obs, _ = env.reset()
-        self.variant = np.array(env._last_rand_vec, dtype=np.float64)
-        self._state = obs
-        self._signals = StepSignals(False, 0.0, {k: 0.0 for k in _SIGNAL_KEYS})
-
-    def adopt(self, other: SimTask) -> StepSignals:
-        """Continue ``other``'s simulation: copy its physics state (joints, velocities, mocap, controls),
-        then judge it with this task's own success test. Returns this task's signals of that state."""
-        import mujoco
-
-        (_, src), (model, dst) = other.physics, self.physics
-        for name in ("qpos", "qvel", "act", "ctrl", "mocap_pos", "mocap_quat"):
-            getattr(dst, name)[:] = getattr(src, name)
-        dst.time = src.time
-        mujoco.mj_forward(model, dst)
-        env = self._env
-        env._prev_obs = env._get_curr_obs_combined_no_goal()  # no frame-stacked history from before the flip
-        obs = np.clip(env._get_obs(), env.sawyer_observation_space.low, env.sawyer_observation_space.high)
-        self._state = obs
-        _, info = env.evaluate_state(obs, np.zeros(4))
-        self._signals = StepSignals(bool(info["success"]), 0.0,
-                                    {k: float(info.get(k, 0.0)) for k in _SIGNAL_KEYS})
-        return self._signals
-
-
-class TaskPairScene:
-    """One continuing simulation shared by a forward and a backward task.
-
-    Only the task of the current direction steps; a flip hands the physics state to the other. The
-    policy's observation is the active task's 39-d state plus a one-hot of the direction (41,).
-
-    Args:
-        pair: a name of `TASK_PAIRS`.
-        cameras: cameras to render (empty: state only, never renders).
-        image_size: render size in pixels.
-        split: the seed split resets draw variants from (train / eval / demo).
-    """
-
-    def __init__(self, pair: str, cameras: Sequence[str] = (), image_size: int = 96, split: str = "train") -> None:
-        self.pair = pair
-        names = get_pair(pair)
-        self.tasks = tuple(SharedSceneTask(n, cameras=list(cameras), image_size=image_size, split=split) for n in names)
-        models = {t._env.model_name for t in self.tasks}
-        if len(models) != 1:
-            raise ResetFreeConfigError(f"pair={pair}: {names[0]} and {names[1]} are built on different scenes "
-                                       f"({sorted(models)}); a reset-free pair must share one")
-        self.instructions = tuple(get_task(n).instruction for n in names)
-        self.direction = 0
-
-    @property
-    def active(self) -> SharedSceneTask:
-        """The task of the current direction (the one that steps)."""
-        return self.tasks[self.direction]
-
-    @property
-    def instruction(self) -> str:
-        """The current instruction, e.g. ``open the drawer``."""
-        return self.instructions[self.direction]
-
-    def reset(self, seed: int, direction: int = 0) -> None:
-        """Reset the scene: task ``direction`` draws the variant from ``seed`` and starts from its own
-        initial state; the other task is reset to the same variant (so both judge one scene)."""
-        self.direction = int(direction)
-        self.active.reset(seed)
-        other = self.tasks[1 - self.direction]
-        other.reset_to_variant(self.active.variant)
-        (m0, _), (m1, _) = self.active.physics, other.physics
-        if not np.allclose(m0.body_pos, m1.body_pos):
-            raise ResetFreeConfigError(f"pair={self.pair}: the two tasks place the scene differently for one variant; "
-                                       "they cannot share one simulation")
-
-    def flip(self) -> StepSignals:
-        """Switch the instruction without a reset: the other task continues this simulation.
-        Returns the new task's ground truth of the current state."""
-        other = self.tasks[1 - self.direction]
-        signals = other.adopt(self.active)
-        self.direction = 1 - self.direction
-        return signals
-
-    def step(self, action: np.ndarray) -> StepSignals:
-        """One action (4,) in [-1, 1] on the active task; its ground-truth signals."""
-        return self.active.step(np.clip(np.asarray(action, np.float32), -1.0, 1.0))
-
-    def observation(self) -> np.ndarray:
-        """float32 (41,): the active task's state and a one-hot of the direction."""
-        onehot = np.zeros(2, np.float32)
-        onehot[self.direction] = 1.0
-        return np.concatenate([self.active.state, onehot])
-
-    def render(self) -> dict[str, np.ndarray]:
-        """camera -> uint8 (H, W, 3) of the current state."""
-        return self.active.render()
-
-    def close(self) -> None:
-        """Free both tasks' renderers and simulators."""
-        for t in self.tasks:
-            t.close()
-
-
-OBS_DIM = 39 + 2
 
 
 # --------------------------------------------------------------------------- success signals
@@ -466,7 +328,7 @@ def _record(scene: TaskPairScene, n_steps: int, action_of: Callable[[int], np.nd
     """Run ``action_of(t)`` on the active task with rendering; stop ``post_success_steps`` after the
     first success (None: run all ``n_steps``). Returns an `episodes.Episode` of the active task."""
     from episodes import Episode
-    from sim.collect import step_keyframes
+    from sim.keyframes import step_keyframes
     from sim.world import FPS
 
     task = scene.active

@@ -1,13 +1,7 @@
 """`stepwise-collect`: scripted demonstrations (and labelled failures) of a task, on disk.
 
-Step keyframes (the task cut into N >= 2 steps) follow one rule for every task, from the
-simulator's own signals: a signal (``near_object``, ``grasp_success``) that is off on the first
-step and later switches on marks the end of a step at the frame where it first does; the success
-frame ends the last step. Events closer than ``min_step_frames`` to the start, to each other or to
-the success frame are dropped. When no event survives, the midpoint between start and success
-splits the episode in two. Keyframes are frame indices (frame 0 is the reset observation, frame t
-the observation after the t-th action); failed episodes keep the events they reached and end at
-their last frame.
+Every episode carries its step keyframes (the task cut into N >= 2 steps), by the one rule of
+``sim.keyframes`` (from the simulator's own signals).
 
 Failure kinds, for reward models that must tell progress from its absence (all replay the clean
 expert rollout of the same seed up to the point of failure, so they start exactly like a demo):
@@ -19,49 +13,16 @@ and opens the gripper).
 from __future__ import annotations
 
 import logging
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from sim.keyframes import EVENT_SIGNALS, step_keyframes
 from sim.world import FPS, SimTask
 
 log = logging.getLogger(__name__)
 FAILURE_KINDS = ("noise", "stall", "near_miss", "reversal")
-_EVENT_SIGNALS = ("near_object", "grasp_success")
-
-
-def step_keyframes(
-    events: dict[str, np.ndarray], success: np.ndarray, min_step_frames: int = 5
-) -> np.ndarray:
-    """Keyframes from per-step signals (see the module docstring for the rule).
-
-    Args:
-        events: signal name -> (T,) values after each action (truthy = on).
-        success: (T,) success after each action.
-        min_step_frames: the shortest step allowed, in frames.
-
-    Returns:
-        int64 (N,) strictly increasing frame indices in [1, T], N >= 2 when T >= 2.
-    """
-    success = np.asarray(success, dtype=bool)
-    num_steps = len(success)
-    end = int(np.argmax(success)) + 1 if success.any() else num_steps
-    times = []
-    for values in events.values():
-        on = np.asarray(values) > 0.5
-        if len(on) and not on[0] and on.any():
-            times.append(int(np.argmax(on)) + 1)
-    keyframes: list[int] = []
-    for t in sorted(set(times)):
-        last = keyframes[-1] if keyframes else 0
-        if t - last >= min_step_frames and end - t >= min_step_frames:
-            keyframes.append(t)
-    if not keyframes and end >= 2:
-        keyframes.append(max(1, end // 2))
-    keyframes.append(end)
-    return np.asarray(keyframes, dtype=np.int64)
 
 
 @dataclass
@@ -129,7 +90,7 @@ def record_episode(
     task.reset(plan.seed)
     frames = [task.render()]
     proprio, state = [task.proprio], [task.state]
-    actions, success, dense, signals = [], [], [], {k: [] for k in _EVENT_SIGNALS}
+    actions, success, dense, signals = [], [], [], {k: [] for k in EVENT_SIGNALS}
     first_success = None
     for t in range(limit):
         if scripted is not None:
@@ -144,7 +105,7 @@ def record_episode(
         state.append(task.state)
         success.append(sig.success)
         dense.append(sig.dense_reward)
-        for k in _EVENT_SIGNALS:
+        for k in EVENT_SIGNALS:
             signals[k].append(sig.extras[k])
         if sig.success and first_success is None:
             first_success = t + 1

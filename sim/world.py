@@ -128,6 +128,40 @@ class SimTask:
         self._state = obs
         self._signals = StepSignals(False, 0.0, {k: 0.0 for k in _SIGNAL_KEYS})
 
+    def reset_to_variant(self, variant: np.ndarray) -> None:
+        """Reset to the scene variant ``variant`` (object placement, e.g. another task's ``variant``).
+
+        Two tasks built on one scene (see :attr:`scene`) reset to one variant place the scene alike,
+        so that either can judge it (``sim.task_pair``).
+        """
+        env = self._env
+        env._last_rand_vec = np.array(variant, dtype=np.float64)
+        env._freeze_rand_vec = True  # Meta-World's reset then places the scene from _last_rand_vec
+        obs, _ = env.reset()
+        self.variant = np.array(env._last_rand_vec, dtype=np.float64)
+        self._state = obs
+        self._signals = StepSignals(False, 0.0, {k: 0.0 for k in _SIGNAL_KEYS})
+
+    def adopt(self, other: SimTask) -> StepSignals:
+        """Continue ``other``'s simulation (a task on the same :attr:`scene`): copy its physics state
+        (joints, velocities, mocap, controls), then judge it with this task's own success test.
+        Returns this task's signals of that state (dense reward 0: no action was taken)."""
+        import mujoco
+
+        (_, src), (model, dst) = other.physics, self.physics
+        for name in ("qpos", "qvel", "act", "ctrl", "mocap_pos", "mocap_quat"):
+            getattr(dst, name)[:] = getattr(src, name)
+        dst.time = src.time
+        mujoco.mj_forward(model, dst)
+        env = self._env
+        env._prev_obs = env._get_curr_obs_combined_no_goal()  # no frame-stacked history from before the flip
+        obs = np.clip(env._get_obs(), env.sawyer_observation_space.low, env.sawyer_observation_space.high)
+        self._state = obs
+        _, info = env.evaluate_state(obs, np.zeros(4))
+        self._signals = StepSignals(bool(info["success"]), 0.0,
+                                    {k: float(info.get(k, 0.0)) for k in _SIGNAL_KEYS})
+        return self._signals
+
     def step(self, action: np.ndarray) -> StepSignals:
         """Apply one action (float, shape (4,), already clipped to [-1, 1]) and advance physics."""
         if self._state is None:
@@ -162,6 +196,11 @@ class SimTask:
     def signals(self) -> StepSignals:
         """Ground truth after the last step (all zero right after reset)."""
         return self._signals
+
+    @property
+    def scene(self) -> str:
+        """The model file the task is built on; tasks on one scene can continue one simulation."""
+        return str(self._env.model_name)
 
     @property
     def physics(self):

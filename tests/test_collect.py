@@ -10,7 +10,8 @@ import pytest
 
 import sim
 from episodes import EpisodeStore
-from sim.collect import FAILURE_KINDS, Plan, plan_episodes, record_episode, step_keyframes
+from sim.collect import FAILURE_KINDS, Plan, plan_episodes, record_episode
+from sim.keyframes import step_keyframes
 
 BIN = Path(sys.executable).parent
 

@@ -18,13 +18,12 @@ from policies.reset_free import (
     ResetFreeConfigError,
     ResetFreeLoop,
     SimSuccess,
-    TaskPairScene,
     check_config,
     expert_policy,
-    get_pair,
     run,
 )
 from policies.train import CONFIG_DIR
+from sim.task_pair import TaskPairScene, get_pair
 
 
 class FakeClassifier:
