@@ -324,29 +324,23 @@ def deploy(cfg, run_dir: str | Path, policy: Policy | None = None, operator_stre
 
 def main() -> None:
     """Console entry point (Hydra): ``stepwise-deploy robot=remote task=... policy=... episodes=N``."""
-    import hydra
+    from configs.entry import hydra_job
+    from episodes import StoreError
+    from sim.tasks import UnknownTaskError
 
-    @hydra.main(config_path="../configs", config_name="deploy", version_base="1.3")
-    def _run(cfg) -> None:
-        from hydra.core.hydra_config import HydraConfig
+    hydra_job("stepwise-deploy", "deploy", _job,
+              errors=(ValueError, ConnectionError, UnknownTaskError, StoreError, FileNotFoundError, ImportError))
 
-        from episodes import StoreError
-        from sim.tasks import UnknownTaskError
 
-        run_dir = HydraConfig.get().runtime.output_dir
-        try:
-            s = deploy(cfg, run_dir)
-        except (ValueError, ConnectionError, UnknownTaskError, StoreError, FileNotFoundError, ImportError) as err:
-            print(f"stepwise-deploy: error: {err}", file=sys.stderr)
-            sys.exit(2)
-        t = s["timing"]
-        print(f"stepwise-deploy: {s['episodes']} episodes, {s['successes']} successes"
-              f"{' (dry run: nothing moved, ' + str(s['would_change']) + ' commands the safety layer would change)' if s['dry_run'] else ''}; "
-              f"{t['hz']:.0f} Hz, period error p50 {t['period_error_p50_ms']:.2f} ms p99 {t['period_error_p99_ms']:.2f} ms, "
-              f"{t['overruns']} overruns; safety {s.get('safety')}; stopped by {s['stopped_by'] or 'end of episodes'}; "
-              f"summary: {Path(run_dir) / 'summary.json'}")
-
-    _run()
+def _job(cfg, run_dir) -> str:
+    """Deploy the policy for the configured episodes; return the closing summary line."""
+    s = deploy(cfg, str(run_dir))
+    t = s["timing"]
+    return (f"stepwise-deploy: {s['episodes']} episodes, {s['successes']} successes"
+            f"{' (dry run: nothing moved, ' + str(s['would_change']) + ' commands the safety layer would change)' if s['dry_run'] else ''}; "
+            f"{t['hz']:.0f} Hz, period error p50 {t['period_error_p50_ms']:.2f} ms p99 {t['period_error_p99_ms']:.2f} ms, "
+            f"{t['overruns']} overruns; safety {s.get('safety')}; stopped by {s['stopped_by'] or 'end of episodes'}; "
+            f"summary: {Path(run_dir) / 'summary.json'}")
 
 
 if __name__ == "__main__":

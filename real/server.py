@@ -126,9 +126,13 @@ class RobotServer:
             raise RuntimeError(f"robot server failed to start: {self._error}") from self._error
         return self
 
+    def stop(self) -> None:
+        """Ask the serving loop to end (safe from a signal handler); it then runs the driver's stop sequence."""
+        self._stop.set()
+
     def shutdown(self, timeout: float = 10.0) -> None:
         """Stop serving; the serving thread runs the driver's stop sequence and closes it."""
-        self._stop.set()
+        self.stop()
         if self._thread is not None:
             self._thread.join(timeout)
 
@@ -335,40 +339,36 @@ def build_robot(robot_cfg: dict, task: str | None = None) -> tuple[Robot, dict]:
 
 def main() -> None:
     """Console entry point (Hydra): ``stepwise-robot-server robot=sim task=metaworld/drawer-open``."""
+    from configs.entry import hydra_job
+    from sim.tasks import UnknownTaskError
+
+    hydra_job("stepwise-robot-server", "robot_server", _job, errors=(ValueError, OSError, UnknownTaskError, ImportError))
+
+
+def _job(cfg, run_dir) -> str:
+    """Build the driver and its safety layer, serve until Ctrl-C or SIGTERM, return the closing line."""
     import signal
 
-    import hydra
     from omegaconf import OmegaConf
 
-    @hydra.main(config_path="../configs", config_name="robot_server", version_base="1.3")
-    def _run(cfg) -> None:
-        from sim.tasks import UnknownTaskError
-
-        robot_cfg = OmegaConf.to_container(cfg.robot, resolve=True)
-        if robot_cfg.get("driver") == "remote":
-            print("stepwise-robot-server: error: robot=remote would serve a server; pick a driver (sim, ur, xarm, ...)", file=sys.stderr)
-            sys.exit(2)
-        try:
-            robot, safety = build_robot(robot_cfg, cfg.task)
-            instruction = getattr(robot, "instruction", "") or ""
-            server = RobotServer(robot, safety, host=cfg.host, port=int(cfg.port), token=cfg.token,
-                                 watchdog_ms=float(cfg.watchdog_ms), allow_remote=bool(cfg.allow_remote),
-                                 task=getattr(robot, "task_name", None) or cfg.task, instruction=instruction)
-            server.bind()
-        except (ValueError, OSError, UnknownTaskError, ImportError) as err:
-            print(f"stepwise-robot-server: error: {err}", file=sys.stderr)
-            sys.exit(2)
-        signal.signal(signal.SIGTERM, lambda *_: server._stop.set())
-        print(f"stepwise-robot-server: {robot_cfg['driver']} on tcp://{cfg.host}:{server.port}, watchdog "
-              f"{cfg.watchdog_ms:.0f} ms{', token required' if cfg.token else ''}; Ctrl-C stops", flush=True)
-        try:
-            server.serve_forever()
-        except KeyboardInterrupt:
-            pass
-        print(f"stepwise-robot-server: stopped. safety {server.robot.summary()}, counts {server.counts}, "
-              f"{len(server.events)} stop events", flush=True)
-
-    _run()
+    robot_cfg = OmegaConf.to_container(cfg.robot, resolve=True)
+    if robot_cfg.get("driver") == "remote":
+        raise ValueError("robot=remote would serve a server; pick a driver (sim, ur, xarm, ...)")
+    robot, safety = build_robot(robot_cfg, cfg.task)
+    instruction = getattr(robot, "instruction", "") or ""
+    server = RobotServer(robot, safety, host=cfg.host, port=int(cfg.port), token=cfg.token,
+                         watchdog_ms=float(cfg.watchdog_ms), allow_remote=bool(cfg.allow_remote),
+                         task=getattr(robot, "task_name", None) or cfg.task, instruction=instruction)
+    server.bind()
+    signal.signal(signal.SIGTERM, lambda *_: server.stop())
+    print(f"stepwise-robot-server: {robot_cfg['driver']} on tcp://{cfg.host}:{server.port}, watchdog "
+          f"{cfg.watchdog_ms:.0f} ms{', token required' if cfg.token else ''}; Ctrl-C stops", flush=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    return (f"stepwise-robot-server: stopped. safety {server.robot.summary()}, counts {server.counts}, "
+            f"{len(server.events)} stop events")
 
 
 if __name__ == "__main__":
