@@ -30,7 +30,7 @@ class TrainedPolicy:
         self.kind = payload.get("policy", "state")
         if self.kind == "image":
             from policies.image_sac import ImageSAC
-            from policies.train import PolicyView
+            from policies.episode import PolicyView
 
             self.agent = ImageSAC.from_state_dict(payload["agent"], device=device)
             self.cameras = list(payload["cameras"])
