@@ -181,7 +181,7 @@ class DataclassConfigModel(RewardModel):
 
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self.cfg).items()}
 
-    def _load_net_weights(self, directory: Path) -> None:
+    def load_net_weights(self, directory: Path) -> None:
         """Load ``directory/weights.pt`` into ``self.net`` (on ``self.device``), with a CheckpointError
         naming the file and the fix when it is missing, damaged, or for another configuration."""
         import torch

@@ -21,6 +21,8 @@ from typing import Any, Callable, Protocol, runtime_checkable
 
 import numpy as np
 
+from reward_models.frames import check_frames_uint8
+
 log = logging.getLogger(__name__)
 
 
@@ -115,15 +117,6 @@ def _looks_like_path(value: str) -> bool:
 def _warn_random(name: str) -> None:
     log.warning("%s encoder has RANDOM weights: its features are untrained (give a local weights file "
                 "for meaningful features)", name)
-
-
-def check_frames_uint8(frames: np.ndarray, name: str) -> np.ndarray:
-    """``frames`` as a uint8 (T, H, W, 3) array, or a ValueError naming the encoder and the fix."""
-    f = np.asarray(frames)
-    if f.dtype != np.uint8 or f.ndim != 4 or f.shape[-1] != 3:
-        raise ValueError(f"{name} encoder: frames must be uint8 (T, H, W, 3), got {f.dtype} {f.shape} "
-                         "(convert float images with (x * 255).round().astype(np.uint8))")
-    return f
 
 
 def resize_square(x, size: int, mode: str = "bilinear"):

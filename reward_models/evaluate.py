@@ -50,7 +50,6 @@ from __future__ import annotations
 import inspect
 import json
 import os
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -58,11 +57,22 @@ from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
+from reward_models.metrics import (
+    THRESHOLD_METRICS,
+    auroc,
+    binary_scores,
+    choose_threshold,
+    error_rates,
+    expected_calibration_error,
+    mean_of,
+    voc,
+)
+from reward_models.data import resolve_stores
+
 
 DENSITIES = (1, 4, 16)
 BASELINES = ("random", "sim_dense_gt")
 REFERENCE_RULES = ("first_success", "none")
-THRESHOLD_METRICS = ("accuracy", "f1")
 THRESHOLD_RULES = (*THRESHOLD_METRICS, "model")  # "model": the model's own cfg.threshold, nothing tuned here
 METRIC_NAMES_EXTRA = ("voc_reversed", "auroc", "success_acc", "success_f1", "success_ece", "success_auroc",
                       "success_fpr", "success_fnr", "threshold")
@@ -71,121 +81,6 @@ Scorer = Callable[[Any, np.ndarray, Any, bool], tuple[np.ndarray, "np.ndarray | 
 """``score(episode, frame_idx int (n,), reference episode or None, want_success) ->
 (progress float (n,), success_prob float (n,) or None)``: scores the frames ``frame_idx`` of an
 episode, in that order (reversed or subsampled sequences are passed as such)."""
-
-
-# --------------------------------------------------------------------------- metrics
-
-
-def rankdata(x: np.ndarray) -> np.ndarray:
-    """Ranks 1..n of ``x`` (1-d), ties given their average rank; float64 (n,)."""
-    x = np.asarray(x, dtype=np.float64).ravel()
-    order = np.argsort(x, kind="mergesort")
-    ranks = np.empty(len(x), dtype=np.float64)
-    ranks[order] = np.arange(1, len(x) + 1)
-    # average the ranks of each run of equal values
-    _, inverse, counts = np.unique(x, return_inverse=True, return_counts=True)
-    sums = np.bincount(inverse, weights=ranks)
-    return sums[inverse] / counts[inverse]
-
-
-def spearman(x: np.ndarray, y: np.ndarray) -> float | None:
-    """Spearman rank correlation of two equal-length 1-d sequences (average ranks for ties).
-
-    Returns None with fewer than 2 points; 0.0 when either sequence is constant (no ordering
-    information: a model that predicts a flat curve gets no credit, rather than an undefined value).
-    """
-    x, y = np.asarray(x, dtype=np.float64).ravel(), np.asarray(y, dtype=np.float64).ravel()
-    if len(x) != len(y):
-        raise ValueError(f"spearman needs equal lengths, got {len(x)} and {len(y)}")
-    if len(x) < 2:
-        return None
-    rx, ry = rankdata(x), rankdata(y)
-    rx, ry = rx - rx.mean(), ry - ry.mean()
-    denom = np.sqrt((rx**2).sum() * (ry**2).sum())
-    return 0.0 if denom == 0 else float((rx * ry).sum() / denom)
-
-
-def voc(progress: np.ndarray) -> float | None:
-    """Value-order correlation: Spearman between time index and ``progress`` float (n,)."""
-    progress = np.asarray(progress)
-    return spearman(np.arange(len(progress)), progress)
-
-
-def auroc(positive: Sequence[float], negative: Sequence[float]) -> float | None:
-    """Area under the ROC curve (Mann-Whitney U, ties count 1/2); None if a class is empty.
-
-    Args:
-        positive: scores of the positive class (successful episodes), float (P,).
-        negative: scores of the negative class (failed episodes), float (N,).
-    """
-    pos, neg = np.asarray(positive, dtype=np.float64), np.asarray(negative, dtype=np.float64)
-    if len(pos) == 0 or len(neg) == 0:
-        return None
-    ranks = rankdata(np.concatenate([pos, neg]))
-    u = ranks[: len(pos)].sum() - len(pos) * (len(pos) + 1) / 2
-    return float(u / (len(pos) * len(neg)))
-
-
-def expected_calibration_error(prob: np.ndarray, label: np.ndarray, bins: int = 10) -> float | None:
-    """ECE over ``bins`` equal-width bins of [0, 1]: sum_b n_b/N |mean(prob_b) - mean(label_b)|.
-
-    Args:
-        prob: predicted probabilities, float (N,) in [0, 1].
-        label: 0/1 ground truth, (N,).
-    Returns None for N = 0.
-    """
-    prob, label = np.asarray(prob, dtype=np.float64).ravel(), np.asarray(label, dtype=np.float64).ravel()
-    if len(prob) == 0:
-        return None
-    idx = np.clip((prob * bins).astype(np.int64), 0, bins - 1)  # prob == 1 falls in the last bin
-    gap = np.abs(np.bincount(idx, weights=prob, minlength=bins) - np.bincount(idx, weights=label, minlength=bins))
-    return float(gap.sum() / len(prob))  # sum_b |sum(prob_b) - sum(label_b)| / N == the weighted gap
-
-
-def binary_scores(pred: np.ndarray, label: np.ndarray) -> tuple[float | None, float | None]:
-    """(accuracy, F1) of bool predictions against 0/1 labels, both (N,); F1 None when undefined."""
-    pred, label = np.asarray(pred, dtype=bool), np.asarray(label, dtype=bool)
-    if len(pred) == 0:
-        return None, None
-    tp = int((pred & label).sum())
-    denom = 2 * tp + int((pred & ~label).sum()) + int((~pred & label).sum())
-    return float((pred == label).mean()), (None if denom == 0 else 2 * tp / denom)
-
-
-def choose_threshold(prob: np.ndarray, label: np.ndarray, metric: str = "accuracy") -> float:
-    """The threshold t (predict success where prob >= t) maximising ``metric`` on (prob, label).
-
-    Candidates are the distinct predicted values (at most 257 quantiles of them) plus one above
-    every prediction (predict no success anywhere). Returns 0.5 for empty input.
-    """
-    if metric not in THRESHOLD_METRICS:
-        raise ValueError(f"threshold_metric={metric!r} unknown: use one of {THRESHOLD_METRICS}")
-    prob, label = np.asarray(prob, dtype=np.float64).ravel(), np.asarray(label).ravel()
-    if len(prob) == 0:
-        return 0.5
-    cands = np.unique(prob)
-    if len(cands) > 257:
-        cands = np.unique(np.quantile(prob, np.linspace(0, 1, 257)))
-    cands = np.append(cands, np.nextafter(cands[-1], np.inf))
-    best, best_t = -1.0, 0.5
-    for t in cands:
-        acc, f1 = binary_scores(prob >= t, label)
-        value = acc if metric == "accuracy" else (f1 or 0.0)
-        if value > best:
-            best, best_t = value, float(t)
-    return best_t
-
-
-def error_rates(pred: np.ndarray, label: np.ndarray) -> tuple[float | None, float | None]:
-    """(false-positive rate, false-negative rate) of bool predictions against 0/1 labels, both (N,).
-
-    FPR = not-done frames predicted done / not-done frames; FNR = done frames predicted not done / done
-    frames; each None when its class is absent.
-    """
-    pred, label = np.asarray(pred, dtype=bool), np.asarray(label, dtype=bool)
-    fpr = float(pred[~label].mean()) if (~label).any() else None
-    fnr = float((~pred[label]).mean()) if label.any() else None
-    return fpr, fnr
 
 
 def model_threshold(model: Any) -> float:
@@ -200,11 +95,6 @@ def model_threshold(model: Any) -> float:
         raise ValueError(f"threshold_metric=model: the {getattr(model, 'kind', type(model).__name__)} model has no "
                          "decision threshold (cfg.threshold); use threshold_metric=accuracy or f1")
     return float(t)
-
-
-def _mean(values: Iterable[float | None]) -> float | None:
-    vals = [v for v in values if v is not None and np.isfinite(v)]
-    return float(np.mean(vals)) if vals else None
 
 
 # --------------------------------------------------------------------------- scorers
@@ -426,31 +316,6 @@ class _Row:
     seconds: float = 0.0
 
 
-def resolve_stores(data: str | os.PathLike | Iterable[str | os.PathLike]) -> list[Path]:
-    """Store files from a store file, a directory of ``*.hdf5`` stores, or a list of either.
-
-    Raises FileNotFoundError for a missing path and ValueError for a directory without stores.
-    """
-    items = [data] if isinstance(data, (str, os.PathLike)) else list(data)
-    if not items:
-        raise ValueError("data= is empty: give a store file, a directory of .hdf5 stores, or a list of them")
-    paths: list[Path] = []
-    for item in items:
-        p = Path(item)
-        if p.is_dir():
-            found = sorted(p.glob("*.hdf5"))
-            if not found:
-                raise ValueError(f"data directory {str(p)!r} holds no .hdf5 stores; collect some with stepwise-collect")
-            paths += found
-        elif p.exists():
-            paths.append(p)
-        else:
-            raise FileNotFoundError(
-                f"episode store {str(p)!r} does not exist; give a store file, a directory of .hdf5 stores, or a list"
-            )
-    return paths
-
-
 def _frame_success(episode: Any) -> np.ndarray | None:
     """Per-frame success float (T+1,): frame t >= 1 has the success after action t, frame 0 has 0."""
     succ = episode.infos.get("success")
@@ -614,7 +479,7 @@ def evaluate(
         rows[name] = {
             "privileged": row.privileged,
             "per_task": per_task,
-            "mean": {k: _mean(m[k] for m in per_task.values()) for k in keys},
+            "mean": {k: mean_of(m[k] for m in per_task.values()) for k in keys},
             "states": row.states,
             "seconds": row.seconds,
             "states_per_s": row.states / row.seconds if row.seconds > 0 else None,
@@ -698,8 +563,8 @@ def _task_metrics(scored: list[_Scored], densities: Sequence[int], threshold_met
     own) the success metrics use it on every labelled episode, else a threshold chosen on the
     validation half is applied to the test half."""
     successes = [s for s in scored if s.success]
-    out: dict[str, Any] = {f"voc_d{d}": _mean(voc(s.progress[d]) for s in successes) for d in densities}
-    out["voc_reversed"] = _mean(voc(s.reversed_progress) for s in successes)
+    out: dict[str, Any] = {f"voc_d{d}": mean_of(voc(s.progress[d]) for s in successes) for d in densities}
+    out["voc_reversed"] = mean_of(voc(s.reversed_progress) for s in successes)
     out["auroc"] = auroc([s.progress[1][-1] for s in successes], [s.progress[1][-1] for s in scored if not s.success])
     labelled = [s for s in scored if s.success_true is not None]
     val, test = ([], labelled) if fixed_threshold is not None else (labelled[0::2], labelled[1::2])
@@ -889,24 +754,18 @@ def run(cfg: Any) -> dict:
 
 def main() -> None:
     """Console entry point (Hydra): ``stepwise-eval-rm model=<ckpt> data=<stores> out=<dir>``."""
-    import hydra
+    from configs.entry import hydra_job
+    from episodes import StoreError
+    from reward_models.base import CheckpointError
 
-    @hydra.main(config_path="../configs", config_name="eval_rm", version_base="1.3")
-    def _run(cfg) -> None:
-        from episodes import StoreError
-        from reward_models.base import CheckpointError
+    hydra_job("stepwise-eval-rm", "eval_rm", _job, errors=(StoreError, CheckpointError, ValueError))
 
-        try:
-            results = run(cfg)
-        except (StoreError, CheckpointError, FileNotFoundError, ValueError) as err:
-            msg = " ".join(str(err).split())  # one line, whatever the message
-            print(f"stepwise-eval-rm: error: {msg}", file=sys.stderr)
-            sys.exit(2)
-        mean = results["rows"]["model"]["mean"]
-        print(f"VOC {_fmt(mean['voc_d1'])}  reversed {_fmt(mean['voc_reversed'])}  AUROC {_fmt(mean['auroc'])}  "
-              f"success acc {_fmt(mean['success_acc'])}  ->  {Path(cfg.out) / 'report.md'}")
 
-    _run()
+def _job(cfg, run_dir: Path) -> str:
+    """Evaluate and write the report; returns the one-line summary."""
+    mean = run(cfg)["rows"]["model"]["mean"]
+    return (f"VOC {_fmt(mean['voc_d1'])}  reversed {_fmt(mean['voc_reversed'])}  AUROC {_fmt(mean['auroc'])}  "
+            f"success acc {_fmt(mean['success_acc'])}  ->  {Path(cfg.out) / 'report.md'}")
 
 
 if __name__ == "__main__":

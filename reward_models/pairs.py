@@ -77,7 +77,7 @@ def load_episodes(data, cameras: tuple[str, ...], max_per_task: int | None = Non
                 ep = store[i]
                 images = np.stack([ep.images[c] for c in cameras], axis=1)
                 if resize_to is not None:
-                    images = _resize(images, resize_to)
+                    images = resize_frames(images, resize_to)
                 out.append(TrainEpisode(images, step_progress(ep.keyframes, len(images)), int(ep.keyframes[-1]), ep.task, ep.instruction))
                 per_task[ep.task] = per_task.get(ep.task, 0) + 1
     if not out:
@@ -85,7 +85,7 @@ def load_episodes(data, cameras: tuple[str, ...], max_per_task: int | None = Non
     return out
 
 
-def _resize(images: np.ndarray, size: int) -> np.ndarray:
+def resize_frames(images: np.ndarray, size: int) -> np.ndarray:
     """uint8 (T, V, H, W, 3) -> (T, V, size, size, 3) with the encoder's own resize."""
     import torch
 

@@ -165,7 +165,7 @@ class StepPRM(DataclassConfigModel):
         if device is not None:
             cfg.device = device
         model = cls(cfg)
-        model._load_net_weights(directory)
+        model.load_net_weights(directory)
         return model
 
     # --- text ------------------------------------------------------------------------------

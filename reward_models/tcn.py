@@ -319,7 +319,7 @@ class TCNEncoder:
 
     @torch.inference_mode()
     def _run(self, frames: np.ndarray, part: int) -> np.ndarray:
-        from reward_models.encoders import check_frames_uint8
+        from reward_models.frames import check_frames_uint8
 
         f = check_frames_uint8(frames, "tcn")
         dim = self.feature_dim if part == 0 else self.net.cfg.embed_dim
@@ -360,7 +360,7 @@ def load_videos(data, cameras: tuple[str, ...], size: int, max_per_task: int | N
     """Every episode (any kind: the loss needs no labels) with all of ``cameras`` from the stores in
     ``data`` (a store, a directory of stores, or a list), resized to ``size``."""
     from episodes import EpisodeStore
-    from reward_models.pairs import _resize, store_paths
+    from reward_models.pairs import resize_frames, store_paths
 
     out: list[VideoEpisode] = []
     per_task: dict[str, int] = {}
@@ -374,7 +374,7 @@ def load_videos(data, cameras: tuple[str, ...], size: int, max_per_task: int | N
                 images = np.stack([ep.images[c] for c in cameras], axis=1)
                 if len(images) < 2:
                     continue
-                out.append(VideoEpisode(_resize(images, size), task))
+                out.append(VideoEpisode(resize_frames(images, size), task))
                 per_task[task] = per_task.get(task, 0) + 1
     if not out:
         raise ValueError(f"no episodes with cameras {list(cameras)} in {data}")
@@ -511,7 +511,7 @@ def train_tcn(stores, out: str | Path, cfg: TCNTrainConfig | Mapping[str, Any], 
     from torch.utils.tensorboard import SummaryWriter
     from tqdm import tqdm
 
-    from reward_models.train import random_shift
+    from reward_models.augment import random_shift
 
     cfg = cfg if isinstance(cfg, TCNTrainConfig) else TCNTrainConfig.from_mapping(cfg)
     if len(cfg.cameras) < 2:
@@ -634,7 +634,7 @@ def time_gap_correlation(encoder, data, cameras: tuple[str, ...] = ("corner", "c
     Returns ``{camera: mean over episodes, "mean": mean over cameras}``. A good TCN is clearly
     above the ``pixels`` encoder on held-out tasks."""
     from episodes import EpisodeStore
-    from reward_models.evaluate import spearman
+    from reward_models.metrics import spearman
     from reward_models.pairs import store_paths
 
     per_cam: dict[str, list[float]] = {c: [] for c in cameras}  # (None when an episode has one frame)

@@ -12,7 +12,6 @@ directory at ``out`` (``reward_models.load(out)``).
 from __future__ import annotations
 
 import logging
-import sys
 import time
 from pathlib import Path
 
@@ -21,7 +20,8 @@ import torch
 import torch.nn.functional as F
 
 from reward_models.base import load
-from reward_models.evaluate import spearman
+from reward_models.augment import random_shift
+from reward_models.metrics import spearman
 from reward_models.pairs import PairSampler, load_episodes
 from reward_models.progress import bin_centers
 from reward_models.step_prm import StepPRM, StepPRMConfig
@@ -41,21 +41,6 @@ def two_hot(hops: torch.Tensor, num_bins: int) -> torch.Tensor:
     target.scatter_(1, lo[:, None], (1 - frac)[:, None])
     target.scatter_add_(1, (lo + 1)[:, None], frac[:, None])
     return target
-
-
-def random_shift(images: torch.Tensor, pad: int, generator: torch.Generator) -> torch.Tensor:
-    """Random-shift augmentation (pad by edge replication, crop back), uint8 (N, H, W, 3)."""
-    if pad <= 0:
-        return images
-    n, h, w, _ = images.shape
-    x = F.pad(images.permute(0, 3, 1, 2).float(), (pad, pad, pad, pad), mode="replicate")
-    dx = torch.randint(0, 2 * pad + 1, (n,), generator=generator)
-    dy = torch.randint(0, 2 * pad + 1, (n,), generator=generator)
-    rows = (dy[:, None] + torch.arange(h)[None]).view(n, 1, h, 1).expand(n, 3, h, w + 2 * pad)
-    x = x.gather(2, rows)
-    cols = (dx[:, None] + torch.arange(w)[None]).view(n, 1, 1, w).expand(n, 3, h, w)
-    x = x.gather(3, cols)
-    return x.permute(0, 2, 3, 1).to(torch.uint8)
 
 
 def train(cfg) -> StepPRM:
@@ -165,28 +150,23 @@ TRAINERS = {
 
 def main() -> None:
     """Console entry point (Hydra): ``stepwise-train-rm reward=<kind> data=... out=...``."""
-    import hydra
+    from configs.entry import hydra_job
+    from episodes import StoreError
+    from reward_models.base import CheckpointError
 
-    @hydra.main(config_path="../configs", config_name="train_rm", version_base="1.3")
-    def _run(cfg) -> None:
-        import importlib
+    hydra_job("stepwise-train-rm", "train_rm", _job, errors=(StoreError, CheckpointError, ValueError))
 
-        from episodes import StoreError
-        from reward_models.base import CheckpointError
 
-        kind = cfg.reward.kind
-        if kind not in TRAINERS:
-            print(f"stepwise-train-rm: error: reward={kind} has no trainer; use one of {sorted(TRAINERS)}", file=sys.stderr)
-            sys.exit(2)
-        module, fn = TRAINERS[kind].split(":")
-        try:
-            model = getattr(importlib.import_module(module), fn)(cfg)
-        except (StoreError, CheckpointError, FileNotFoundError, ValueError) as err:
-            print(f"stepwise-train-rm: error: {err}", file=sys.stderr)
-            sys.exit(2)
-        print(f"saved {model.kind} model to {cfg.out}")
+def _job(cfg, run_dir: Path) -> str:
+    """Train the model family ``reward.kind`` names with its own trainer; returns the closing line."""
+    import importlib
 
-    _run()
+    kind = cfg.reward.kind
+    if kind not in TRAINERS:
+        raise ValueError(f"reward={kind} has no trainer; use one of {sorted(TRAINERS)}")
+    module, fn = TRAINERS[kind].split(":")
+    model = getattr(importlib.import_module(module), fn)(cfg)
+    return f"saved {model.kind} model to {cfg.out}"
 
 
 if __name__ == "__main__":

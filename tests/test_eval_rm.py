@@ -14,16 +14,8 @@ import pytest
 
 from episodes import EpisodeStore
 from reward_models.base import RewardModel
-from reward_models.evaluate import (
-    auroc,
-    binary_scores,
-    choose_threshold,
-    evaluate,
-    expected_calibration_error,
-    render_report,
-    spearman,
-    voc,
-)
+from reward_models.evaluate import evaluate, render_report
+from reward_models.metrics import auroc, binary_scores, choose_threshold, expected_calibration_error, spearman, voc
 from reward_models.progress import step_progress
 from reward_models.step_prm import StepPRM, StepPRMConfig
 
@@ -216,7 +208,7 @@ def test_cli_bad_inputs_exit_2_with_one_line(store, tmp_path):
 
 
 def test_error_rates_hand_cases():
-    from reward_models.evaluate import error_rates
+    from reward_models.metrics import error_rates
 
     pred, label = np.array([1, 1, 0, 0, 1], bool), np.array([1, 0, 0, 0, 1])
     assert error_rates(pred, label) == (pytest.approx(1 / 3), pytest.approx(0.0))

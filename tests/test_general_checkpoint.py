@@ -4,7 +4,7 @@ import numpy as np
 
 import real
 import reward_models
-from reward_models.evaluate import spearman
+from reward_models.metrics import spearman
 
 
 def test_general_model_scores_env_frames_of_a_heldout_task():

@@ -17,7 +17,7 @@ from reward_models.progress import (
     backward, bin_centers, forward, hop, hop_to_bin, incremental, step_progress,
 )
 from reward_models.step_prm import StepPRM, StepPRMConfig
-from reward_models.evaluate import spearman
+from reward_models.metrics import spearman
 from reward_models.train import two_hot
 
 BIN = Path(sys.executable).parent

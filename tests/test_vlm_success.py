@@ -16,7 +16,7 @@ import torch
 import reward_models
 import reward_models.vlm_success  # noqa: F401  (registers the kind until base imports it itself)
 from reward_models.base import FramesError
-from reward_models.evaluate import auroc, expected_calibration_error
+from reward_models.metrics import auroc, expected_calibration_error
 from reward_models.vlm_success import (
     BalancedSampler, VLMSuccessClassifier, VLMSuccessConfig, calibrate, fit_temperature, frame_labels, sigmoid,
     split_episodes, train,

@@ -193,7 +193,7 @@ def load_task_episodes(data: Any, cameras: Sequence[str] | None, max_demos: int 
     Raises ValueError when the stores hold several tasks (the model is per task) or no success.
     """
     from episodes import EpisodeStore
-    from reward_models.evaluate import resolve_stores
+    from reward_models.data import resolve_stores
 
     demos, failures, tasks = [], [], set()
     for path in resolve_stores(data):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from reward_models.evaluate import auroc, binary_scores, choose_threshold, expected_calibration_error
+from reward_models.metrics import auroc, binary_scores, choose_threshold, expected_calibration_error
 
 
 def sigmoid(x: np.ndarray) -> np.ndarray:

@@ -172,7 +172,7 @@ class VLMSuccessClassifier(DataclassConfigModel):
         if device is not None:
             cfg.device = device
         model = cls(cfg, load_pretrained=False)  # the weights file holds the (fine-tuned) pretrained weights
-        model._load_net_weights(directory)
+        model.load_net_weights(directory)
         return model
 
     # --- text ------------------------------------------------------------------------------

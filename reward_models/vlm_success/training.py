@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from reward_models.base import load
-from reward_models.evaluate import auroc
+from reward_models.metrics import auroc
 from reward_models.vlm_success.calibration import binary_nll, calibrate
 from reward_models.vlm_success.data import BalancedSampler, FrameSet, load_frame_set, split_episodes
 from reward_models.vlm_success.model import DEFAULT_PROMPTS, VLMSuccessClassifier, VLMSuccessConfig
@@ -114,7 +114,7 @@ def train(data, out: str | Path, reward: Mapping | None = None, init: str | Path
     from torch.utils.tensorboard import SummaryWriter
     from tqdm import tqdm
 
-    from reward_models.train import random_shift
+    from reward_models.augment import random_shift
 
     r = {**TRAIN_DEFAULTS, **dict(_plain(reward) or {})}
     torch.set_num_threads(int(num_threads))
