@@ -30,7 +30,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from policies.replay import MixedReplay, _store_files
+from policies.replay import MixedReplay, store_files
 
 __all__ = ["ImageReplayBuffer", "MixedImageReplay", "load_offline_images", "resize_frames", "image_hw"]
 
@@ -309,7 +309,7 @@ def load_offline_images(
     from episodes.store import EpisodeStore  # imported here: only this loader needs h5py
 
     size = image_hw(image_size)
-    files = _store_files(Path(store_path))
+    files = store_files(Path(store_path))
     if capacity is None:
         capacity = 0
         for file in files:

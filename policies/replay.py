@@ -180,7 +180,7 @@ def concat_batches(parts: list[dict]) -> dict:
             for k, v in parts[0].items()}
 
 
-def _store_files(path: Path) -> list[Path]:
+def store_files(path: Path) -> list[Path]:
     """The .hdf5 files at ``path``: the file itself, or every *.hdf5 in a directory (sorted)."""
     if path.is_dir():
         files = sorted(path.glob("*.hdf5"))
@@ -220,7 +220,7 @@ def load_offline(
     from episodes.store import EpisodeStore  # imported here: only this loader needs h5py
 
     columns: dict[str, list[np.ndarray]] = {k: [] for k in _FIELDS}
-    for file in _store_files(Path(store_path)):
+    for file in store_files(Path(store_path)):
         store = EpisodeStore(file, cameras=[])  # no images: state-based
         try:
             for i in range(len(store)):

@@ -34,7 +34,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -829,27 +828,21 @@ def write_report(run_path: Path, cfg, state: RunState, final: dict, classifier: 
 
 def main() -> None:
     """Console entry point (Hydra): ``stepwise-train-reset-free pair=drawer success=classifier``."""
-    import hydra
+    from configs.entry import hydra_job
+    from reward_models.base import CheckpointError
+    from sim.tasks import UnknownTaskError
 
-    @hydra.main(config_path="../configs", config_name="reset_free", version_base="1.3")
-    def _run(cfg) -> None:
-        from hydra.core.hydra_config import HydraConfig
+    hydra_job("stepwise-train-reset-free", "reset_free", _job,
+              errors=(ResetFreeConfigError, UnknownTaskError, CheckpointError))
 
-        from reward_models.base import CheckpointError
-        from sim.tasks import UnknownTaskError
 
-        run_dir = HydraConfig.get().runtime.output_dir
-        try:
-            report = run(cfg, run_dir)
-        except (ResetFreeConfigError, UnknownTaskError, CheckpointError, FileNotFoundError) as err:
-            print(f"stepwise-train-reset-free: error: {err}", file=sys.stderr)
-            sys.exit(2)
-        f = report["final"]
-        print(f"final success forward {f['forward']:.2f}, backward {f['backward']:.2f} over {f['episodes']} episodes "
-              f"each, after {report['attempts']} attempts and {report['resets']} resets; "
-              f"report: {Path(run_dir) / 'report.md'}")
-
-    _run()
+def _job(cfg, run_dir: Path) -> str:
+    """The reset-free job in Hydra's run folder; returns the closing line."""
+    report = run(cfg, run_dir)
+    f = report["final"]
+    return (f"final success forward {f['forward']:.2f}, backward {f['backward']:.2f} over {f['episodes']} episodes "
+            f"each, after {report['attempts']} attempts and {report['resets']} resets; "
+            f"report: {Path(run_dir) / 'report.md'}")
 
 
 if __name__ == "__main__":

@@ -1,7 +1,9 @@
 """State-based SAC with a batched, LayerNorm critic ensemble (RLPD-style), in one file.
 
 Read top to bottom: `SACConfig` (every hyperparameter), the networks (`TanhGaussianActor`,
-`CriticEnsemble`), then `SAC.update`, the whole learning step on one screen.
+`CriticEnsemble`), then `SAC.update`, the whole learning step on one screen. The file is longer
+than 400 lines because it is one algorithm kept whole, as CleanRL keeps its single-file agents:
+config, networks, update and save/load read in order without jumping between files.
 
 Batch contract (what `update` reads; `policies.replay` produces it), all float32 torch tensors:
     obs (N, S), action (N, A) in [-1, 1], reward (N,), next_obs (N, S),

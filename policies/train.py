@@ -39,7 +39,6 @@ import json
 import logging
 import math
 import os
-import sys
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -817,28 +816,22 @@ def write_report(run: Path, cfg, state: RunState, final: dict, demo_terms: list[
 
 def main() -> None:
     """Console entry point (Hydra): ``stepwise-train task=metaworld/drawer-open``."""
-    import hydra
+    from configs.entry import hydra_job
+    from episodes import StoreError
+    from reward_models.base import CheckpointError
+    from sim.rendering import CameraError
+    from sim.tasks import UnknownTaskError
 
-    @hydra.main(config_path="../configs", config_name="train", version_base="1.3")
-    def _run(cfg) -> None:
-        from hydra.core.hydra_config import HydraConfig
+    hydra_job("stepwise-train", "train", _job,
+              errors=(TrainConfigError, UnknownTaskError, CheckpointError, StoreError, CameraError))
 
-        from episodes import StoreError
-        from reward_models.base import CheckpointError
-        from sim.rendering import CameraError
-        from sim.tasks import UnknownTaskError
 
-        run_dir = HydraConfig.get().runtime.output_dir
-        try:
-            report = run(cfg, run_dir)
-        except (TrainConfigError, UnknownTaskError, CheckpointError, StoreError, CameraError, FileNotFoundError) as err:
-            print(f"stepwise-train: error: {err}", file=sys.stderr)
-            sys.exit(2)
-        print(f"final success rate {report['final_success_rate']:.2f} over {report['final_eval_episodes']} eval "
-              f"episodes after {report['online_episodes']} online episodes, {report['wall_time_s'] / 60:.1f} min; "
-              f"report: {Path(run_dir) / 'report.md'}")
-
-    _run()
+def _job(cfg, run_dir: Path) -> str:
+    """The main job in Hydra's run folder; returns the closing line."""
+    report = run(cfg, run_dir)
+    return (f"final success rate {report['final_success_rate']:.2f} over {report['final_eval_episodes']} eval "
+            f"episodes after {report['online_episodes']} online episodes, {report['wall_time_s'] / 60:.1f} min; "
+            f"report: {Path(run_dir) / 'report.md'}")
 
 
 if __name__ == "__main__":

@@ -10,12 +10,14 @@ keeps the shipped settings for figures and for checking that results do not depe
 
 from __future__ import annotations
 
+import atexit
 import copy
 import os
+import weakref
 from dataclasses import dataclass
 
 # EGL renders without a display; it must be chosen before mujoco is imported.
-if not os.environ.get("DISPLAY"):
+if not os.environ.get("DISPLAY") and not os.environ.get("WAYLAND_DISPLAY"):
     os.environ.setdefault("MUJOCO_GL", "egl")
 
 import mujoco  # noqa: E402
@@ -27,6 +29,16 @@ _FAST_OFF_FLAGS = ("mjRND_SHADOW", "mjRND_REFLECTION")
 
 
 _llvm_preloaded = False
+# Every rig with a live GL context, so that one left unclosed is freed before interpreter teardown
+# (by then EGL's module globals are gone and mujoco's Renderer.__del__ prints a screen of tracebacks).
+_LIVE_RIGS: "weakref.WeakSet[CameraRig]" = weakref.WeakSet()
+_close_at_exit_registered = False
+
+
+def close_live_rigs() -> None:
+    """Free the GL context of every rig still open (runs at exit; safe to call at any time)."""
+    for rig in list(_LIVE_RIGS):
+        rig.close()
 
 
 def _preload_triton() -> None:
@@ -201,6 +213,13 @@ class CameraRig:
                 f"no OpenGL context for offscreen rendering ({err}). Set MUJOCO_GL=egl in the "
                 "environment, or import sim before mujoco, when there is no display."
             ) from err
+        _LIVE_RIGS.add(self)
+        global _close_at_exit_registered
+        if not _close_at_exit_registered:
+            # Registered after mujoco's EGL set-up registered its own exit hook (which terminates the
+            # display), so this one runs first: atexit calls hooks last-registered first.
+            atexit.register(close_live_rigs)
+            _close_at_exit_registered = True
         if quality == "fast":
             for flag in _FAST_OFF_FLAGS:
                 self._renderer.scene.flags[getattr(mujoco.mjtRndFlag, flag)] = False

@@ -8,7 +8,8 @@
 - No module takes another module's private names (``from x import _y``), and no code outside
   ``sim/`` reads or writes a private attribute of an object that is not its own (``other._x``):
   Meta-World's internals are sim's business alone.
-- A module of the packages over 400 lines says in its docstring why it is long.
+- A module of the packages over 400 lines says in its docstring why it is long, or is listed in
+  PENDING_SPLIT (modules whose split is still to come; they may only shrink).
 
 The checks read the source with ``ast``; nothing is imported or run.
 """
@@ -39,6 +40,17 @@ EXCEPTIONS = {
     ("real.deploy", "reward_models"): "the deploy loop's success=reward_model judge loads a classifier",
 }
 MAX_LINES = 400
+# Modules still waiting for their split (issue 15), with their line counts when this list was made:
+# each may only shrink, and leaves the list once it is under MAX_LINES (the test says so).
+PENDING_SPLIT = {
+    "episodes.store": 1232,
+    "real.cameras": 789,
+    "reward_models.evaluate": 772,
+    "reward_models.tcn": 664,
+    "reward_models.encoders": 431,
+    "policies.train": 838,
+    "policies.reset_free": 849,
+}
 LONG_REASON = re.compile(r"\blong(er)?\b[^.]*\bbecause\b", re.IGNORECASE | re.DOTALL)
 
 
@@ -222,6 +234,11 @@ def test_no_private_attributes_of_others_outside_sim():
 def test_modules_are_short_or_say_why(name):
     path = FILES[name]
     lines = len(path.read_text().splitlines())
+    if name in PENDING_SPLIT:
+        assert MAX_LINES < lines <= PENDING_SPLIT[name], (
+            f"{path.relative_to(ROOT)} has {lines} lines: it was {PENDING_SPLIT[name]} when listed in PENDING_SPLIT; "
+            f"it may only shrink, and once it is under {MAX_LINES} take it off the list")
+        return
     if lines <= MAX_LINES:
         return
     doc = ast.get_docstring(ast.parse(path.read_text())) or ""

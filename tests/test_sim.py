@@ -178,3 +178,29 @@ def test_torch_optimisers_and_triton_work_after_rendering():
     )
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert run.returncode == 0 and "alive" in run.stdout, run.stderr[-2000:]
+
+
+def test_a_script_that_never_closes_its_env_exits_silently(tmp_path):
+    """An env made and left open (no close()) frees its GL context at exit: no EGL tracebacks.
+
+    The script imports reward_models first and has no MUJOCO_GL set, as a user's script might:
+    the renderer must still choose EGL by itself and render.
+    """
+    import os
+    import subprocess
+    import sys
+
+    script = tmp_path / "unclosed.py"
+    script.write_text(
+        "import reward_models\n"
+        "from real import make_env\n"
+        "env = make_env(robot='sim', task='metaworld/drawer-open')\n"
+        "obs, _ = env.reset(seed=0)\n"
+        "print(sorted(obs['images']), obs['images']['corner'].shape, int(obs['images']['corner'].max() > 0))\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k not in ("MUJOCO_GL", "DISPLAY", "WAYLAND_DISPLAY")}
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300, env=env,
+                          cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "['corner', 'corner2', 'gripperPOV'] (96, 96, 3) 1"
+    assert proc.stderr == ""
