@@ -142,7 +142,7 @@ def validation_voc(model: StepPRM, episodes) -> float:
 # reward=<kind> -> "module:function(cfg) -> the trained model (saved to cfg.out)"
 TRAINERS = {
     "step_prm": "reward_models.train:train",
-    "tcn": "reward_models.tcn:train_from_config",
+    "tcn": "reward_models.tcn_train:train_from_config",
     "perceptual": "reward_models.perceptual:fit_from_config",
     "vlm_success": "reward_models.vlm_success:train_from_config",
 }

@@ -16,7 +16,9 @@ import torch
 
 from reward_models.base import CheckpointError
 from reward_models.encoders import ENCODERS, WeightsUnavailableError, build_encoder
-from reward_models.tcn import DEFAULT_CHECKPOINT, TCNTrainConfig, load_checkpoint, time_gap_correlation, train_tcn
+from reward_models.tcn import DEFAULT_CHECKPOINT, load_checkpoint
+from reward_models.tcn_eval import time_gap_correlation
+from reward_models.tcn_train import TCNTrainConfig, train_tcn
 
 CAMERAS = ["corner", "corner2", "gripperPOV"]
 TRAIN_TASK = "metaworld/drawer-close"  # a training-split task: the TCN refuses held-out ones
@@ -235,7 +237,7 @@ def test_tcn_refuses_held_out_tasks(tiny_store, tmp_path):
 def test_tcn_settings_and_the_cli_config(tiny_store, tmp_path):
     from hydra import compose, initialize_config_module
 
-    from reward_models.tcn import train_from_config
+    from reward_models.tcn_train import train_from_config
 
     with pytest.raises(ValueError, match=r"unknown setting\(s\) \['stepz'\]"):
         TCNTrainConfig.from_mapping({"stepz": 5})
