@@ -13,10 +13,11 @@ the goal is dropped (a learned "no goal" vector) 30% of the time so the model wo
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
+from reward_models.data import resolve_stores
+from reward_models.frames import resize_frames
 from reward_models.progress import hop, hop_to_bin, step_progress
 
 
@@ -38,24 +39,6 @@ class TrainEpisode:
     instruction: str
 
 
-def store_paths(data) -> list[Path]:
-    """Expand ``data`` (a store file, a directory of stores, or a list of either) to .hdf5 paths."""
-    items = [data] if isinstance(data, (str, Path)) else list(data)
-    paths: list[Path] = []
-    for item in items:
-        p = Path(str(item))
-        if p.is_dir():
-            found = sorted(p.glob("*.hdf5"))
-            if not found:
-                raise FileNotFoundError(f"no .hdf5 stores in directory {p}: collect some with stepwise-collect")
-            paths.extend(found)
-        elif p.is_file():
-            paths.append(p)
-        else:
-            raise FileNotFoundError(f"data {str(item)!r} is neither a store file nor a directory of stores")
-    return paths
-
-
 def load_episodes(data, cameras: tuple[str, ...], max_per_task: int | None = None, kinds=("expert",),
                   resize_to: int | None = None) -> list[TrainEpisode]:
     """Successful episodes of ``kinds`` from the stores in ``data``, with step-progress labels.
@@ -66,7 +49,7 @@ def load_episodes(data, cameras: tuple[str, ...], max_per_task: int | None = Non
 
     out: list[TrainEpisode] = []
     per_task: dict[str, int] = {}
-    for path in store_paths(data):
+    for path in resolve_stores(data):
         with EpisodeStore(path, cameras=list(cameras)) as store:
             for i in range(len(store)):
                 attrs = store.episode_attrs(i)
@@ -83,18 +66,6 @@ def load_episodes(data, cameras: tuple[str, ...], max_per_task: int | None = Non
     if not out:
         raise ValueError(f"no successful expert episodes with cameras {list(cameras)} in {data}")
     return out
-
-
-def resize_frames(images: np.ndarray, size: int) -> np.ndarray:
-    """uint8 (T, V, H, W, 3) -> (T, V, size, size, 3) with the encoder's own resize."""
-    import torch
-
-    from reward_models.step_prm import resize_for_encoder
-
-    t, v, h, w, _ = images.shape
-    x = torch.from_numpy(images.reshape(t * v, h, w, 3)).permute(0, 3, 1, 2).float()
-    x = resize_for_encoder(x, size).round().clamp(0, 255).to(torch.uint8)
-    return x.permute(0, 2, 3, 1).reshape(t, v, size, size, 3).numpy()
 
 
 @dataclass

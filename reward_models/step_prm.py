@@ -25,10 +25,11 @@ from typing import Any, Mapping
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from reward_models.base import DataclassConfigModel, FramesError, check_frames, register
+from reward_models.devices import resolve_device
+from reward_models.frames import resize_for_encoder
 from reward_models.progress import backward, bin_centers, forward, incremental
 
 TEXT_DIM = 384
@@ -60,22 +61,6 @@ class StepPRMConfig:
     perspective: str = "fused"
     device: str = "auto"
     text_cache: dict[str, list[float]] = field(default_factory=dict)
-
-
-def resolve_device(device: str | None) -> torch.device:
-    """``auto`` -> CUDA when available, else CPU."""
-    if device in (None, "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
-
-
-def resize_for_encoder(x: torch.Tensor, size: int) -> torch.Tensor:
-    """Float (N, 3, H, W) -> (N, 3, size, size), antialiased bilinear; a no-op at that size.
-
-    Training pre-resizes its images with this same function, so both see identical pixels."""
-    if x.shape[-2:] == (size, size):
-        return x
-    return F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
 
 
 class ViewEncoder(nn.Module):

@@ -64,6 +64,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from reward_models.base import CheckpointError
+from reward_models.frames import resize_for_encoder
 
 log = logging.getLogger(__name__)
 
@@ -146,8 +147,6 @@ class TCNNet(nn.Module):
 
     def normalise(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 or float pixels (B, 3, H, W) in [0, 255] -> resized, normalised float input."""
-        from reward_models.step_prm import resize_for_encoder
-
         x = resize_for_encoder(images.float(), self.cfg.image_size)
         return (x - self.mean) / self.std
 

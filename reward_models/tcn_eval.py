@@ -15,12 +15,12 @@ def time_gap_correlation(encoder, data, cameras: tuple[str, ...] = ("corner", "c
     Returns ``{camera: mean over episodes, "mean": mean over cameras}``. A good TCN is clearly
     above the ``pixels`` encoder on held-out tasks."""
     from episodes import EpisodeStore
+    from reward_models.data import resolve_stores
     from reward_models.metrics import spearman
-    from reward_models.pairs import store_paths
 
     per_cam: dict[str, list[float]] = {c: [] for c in cameras}  # (None when an episode has one frame)
     per_task: dict[str, int] = {}
-    for path in store_paths(data):
+    for path in resolve_stores(data):
         with EpisodeStore(path, cameras=list(cameras)) as store:
             for i in range(len(store)):
                 attrs = store.episode_attrs(i)

@@ -18,6 +18,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from reward_models.data import resolve_stores
+from reward_models.devices import resolve_device
+from reward_models.frames import resize_frames
 from reward_models.tcn import TCNConfig, TCNEncoder, TCNNet, save_checkpoint
 
 log = logging.getLogger(__name__)
@@ -114,11 +117,10 @@ def load_videos(data, cameras: tuple[str, ...], size: int, max_per_task: int | N
     """Every episode (any kind: the loss needs no labels) with all of ``cameras`` from the stores in
     ``data`` (a store, a directory of stores, or a list), resized to ``size``."""
     from episodes import EpisodeStore
-    from reward_models.pairs import resize_frames, store_paths
 
     out: list[VideoEpisode] = []
     per_task: dict[str, int] = {}
-    for path in store_paths(data):
+    for path in resolve_stores(data):
         with EpisodeStore(path, cameras=list(cameras)) as store:
             for i in range(len(store)):
                 task = store.episode_attrs(i)["task"]
@@ -233,12 +235,6 @@ def time_contrastive_loss(z: torch.Tensor, episode: torch.Tensor, task: torch.Te
 # --------------------------------------------------------------------------- training
 
 
-def _resolve_device(device: str) -> torch.device:
-    if device in (None, "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
-
-
 def _check_not_heldout(episodes: list[VideoEpisode]) -> None:
     from sim.tasks import task_split
 
@@ -275,7 +271,7 @@ def train_tcn(stores, out: str | Path, cfg: TCNTrainConfig | Mapping[str, Any], 
     torch.set_num_threads(int(cfg.num_threads))
     torch.manual_seed(int(cfg.seed))
     out = Path(out)
-    device = _resolve_device(cfg.device)
+    device = resolve_device(cfg.device)
     t_load = time.perf_counter()
     episodes = load_videos(stores, tuple(cfg.cameras), int(cfg.image_size), cfg.max_episodes_per_task)
     if not cfg.allow_heldout:

@@ -64,7 +64,7 @@ from reward_models.perceptual.config import CONFIG_FIELDS, FUSIONS, PROGRESS_RUL
 from reward_models.perceptual.fitting import fit, fit_from_config, load_task_episodes
 from reward_models.perceptual.model import (
     ANCHOR_EPS, ENCODER_SEED, Head, PerceptualReward, build_frame_encoder, combine_progress, encode_frames, fuse,
-    head_key, resolve_device,
+    head_key,
 )
 from reward_models.perceptual.segmentation import (
     WEIGHTINGS, check_segmentable, choose_num_steps, effective_min_len, keyframe_bounds, random_bounds,
@@ -77,7 +77,7 @@ __all__ = [
     "ANCHOR_EPS", "CONFIG_FIELDS", "ENCODER_SEED", "FUSIONS", "PROGRESS_RULES", "WEIGHTINGS", "Head", "PerceptualConfig",
     "PerceptualReward", "StepStats", "build_frame_encoder", "check_segmentable", "choose_num_steps", "combine_progress",
     "effective_min_len", "encode_frames", "fit", "fit_from_config", "fit_kwargs", "fit_step_stats", "fuse", "head_key",
-    "keyframe_bounds", "load_task_episodes", "logistic_fit", "random_bounds", "random_split_jaccard", "resolve_device",
+    "keyframe_bounds", "load_task_episodes", "logistic_fit", "random_bounds", "random_split_jaccard",
     "segment", "segment_bruteforce", "segment_cost_table", "segmentation_costs", "segmentation_jaccard",
     "selection_scores", "sigmoid", "weighted_cost_table",
 ]

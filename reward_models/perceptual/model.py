@@ -11,6 +11,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from reward_models.base import CheckpointError, DataclassConfigModel, FramesError, check_frames, register
+from reward_models.devices import resolve_device
 from reward_models.encoders import ENCODERS, FrameEncoder, build_encoder
 from reward_models.perceptual.config import PROGRESS_RULES, PerceptualConfig
 from reward_models.perceptual.stats import StepStats, sigmoid
@@ -41,15 +42,6 @@ ENCODER_SEED = 0
 """Torch seed under which encoders are built (random-weight encoders must rebuild identically)."""
 
 
-def resolve_device(device: str | None) -> str:
-    """``auto`` / None -> ``cuda`` when torch sees a GPU, else ``cpu``; anything else unchanged."""
-    if device in (None, "auto"):
-        import torch
-
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return str(device)
-
-
 def build_frame_encoder(spec: Mapping[str, Any], device: str | None) -> FrameEncoder:
     """``build_encoder`` from a config dict, under :data:`ENCODER_SEED`; encoders that take a
     ``device`` (a named parameter or ``**kwargs``) get ``device`` resolved on THIS machine, so a
@@ -64,7 +56,7 @@ def build_frame_encoder(spec: Mapping[str, Any], device: str | None) -> FrameEnc
         except (TypeError, ValueError):
             accepts = False
         if accepts:
-            spec["device"] = resolve_device(device)
+            spec["device"] = str(resolve_device(device))  # encoders take the device as a string
     import torch
 
     # a fixed seed, kept local: an encoder with random weights (no weights file) is rebuilt identically on load

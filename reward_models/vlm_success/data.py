@@ -65,11 +65,11 @@ def load_frame_set(data, cameras: Sequence[str], image_size: Sequence[int], max_
         tasks: only these tasks (None: all).
     """
     from episodes import EpisodeStore
-    from reward_models.pairs import store_paths
+    from reward_models.data import resolve_stores
 
     images, labels, ep_ids, texts, episodes, instructions = [], [], [], [], [], []
     per_task: dict[str, int] = {}
-    for path in store_paths(data):
+    for path in resolve_stores(data):
         with EpisodeStore(path, cameras=list(cameras)) as store:
             if len(store) and tuple(store.image_size) != tuple(image_size):
                 raise ValueError(

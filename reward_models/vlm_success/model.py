@@ -136,7 +136,7 @@ class VLMSuccessClassifier(DataclassConfigModel):
 
     def __init__(self, cfg: VLMSuccessConfig | None = None, load_pretrained: bool = True) -> None:
         """Build the model; ``load_pretrained=False`` skips ``cfg.pretrained`` (a checkpoint supplies weights)."""
-        from reward_models.step_prm import resolve_device
+        from reward_models.devices import resolve_device
 
         self.cfg = cfg or VLMSuccessConfig()
         c = self.cfg
