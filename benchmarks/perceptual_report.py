@@ -98,7 +98,7 @@ def measure(args: argparse.Namespace) -> dict:
     from omegaconf import OmegaConf
 
     from reward_models.encoders import ENCODERS
-    from reward_models.evaluate import evaluate, fit_per_task
+    from reward_models.evaluation import evaluate, fit_per_task
     from sim import task_split
 
     torch.set_num_threads(args.threads)

@@ -93,7 +93,7 @@ def measure_step_prm(args: argparse.Namespace) -> dict:
     import torch
 
     import reward_models
-    from reward_models.evaluate import evaluate, render_report
+    from reward_models.evaluation import evaluate, render_report
 
     torch.set_num_threads(args.prm_threads)
     eval_dir, demo_dir = Path(args.data_root) / "heldout_eval", Path(args.data_root) / "heldout_demo"
@@ -191,7 +191,7 @@ def measure_vlm(args: argparse.Namespace) -> dict:
 
     import reward_models
     from episodes import EpisodeStore
-    from reward_models.evaluate import evaluate, render_report
+    from reward_models.evaluation import evaluate, render_report
 
     torch.set_num_threads(args.vlm_threads)
     root = Path(args.data_root)

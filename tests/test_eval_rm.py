@@ -14,7 +14,7 @@ import pytest
 
 from episodes import EpisodeStore
 from reward_models.base import RewardModel
-from reward_models.evaluate import evaluate, render_report
+from reward_models.evaluation import evaluate, render_report
 from reward_models.metrics import auroc, binary_scores, choose_threshold, expected_calibration_error, spearman, voc
 from reward_models.progress import step_progress
 from reward_models.step_prm import StepPRM, StepPRMConfig
@@ -223,7 +223,7 @@ class ThresholdOracle(OracleModel):
 
 
 def test_frame_metrics_and_the_models_own_threshold(store):
-    from reward_models.evaluate import model_threshold
+    from reward_models.evaluation import model_threshold
 
     chosen = evaluate(OracleModel(store), store, baselines=("random",), densities=(1,))
     m = chosen["rows"]["model"]["mean"]

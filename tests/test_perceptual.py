@@ -16,7 +16,7 @@ from episodes import Episode, EpisodeStore
 from reward_models import perceptual as P
 from reward_models.base import FramesError
 from reward_models.encoders import ENCODERS
-from reward_models.evaluate import evaluate, fit_per_task
+from reward_models.evaluation import evaluate, fit_per_task
 from reward_models.metrics import voc
 
 torch.set_num_threads(1)

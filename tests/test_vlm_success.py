@@ -287,7 +287,7 @@ def test_evaluation_at_the_classifiers_own_threshold(stores):
     """stepwise-eval-rm threshold_metric=model judges every frame at cfg.threshold: its accuracy, FPR and
     FNR equal those computed here from success_prob and the simulator's per-frame labels."""
     from episodes import EpisodeStore
-    from reward_models.evaluate import evaluate
+    from reward_models.evaluation import evaluate
 
     model = small_model()
     probs, labels = [], []
