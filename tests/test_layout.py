@@ -45,7 +45,6 @@ MAX_LINES = 400
 PENDING_SPLIT = {
     "episodes.store": 1232,
     "real.cameras": 789,
-    "reward_models.encoders": 431,
     "policies.train": 838,
     "policies.reset_free": 849,
 }
