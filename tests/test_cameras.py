@@ -15,7 +15,7 @@ import cv2
 import numpy as np
 import pytest
 
-import real.cameras as cameras
+import real.cameras.frames as camera_frames
 from real.cameras import (
     Camera,
     CameraError,
@@ -63,7 +63,7 @@ def block_pattern(height: int, width: int) -> np.ndarray:
 @pytest.fixture(params=["cv2", "numpy"])
 def resize_backend(request, monkeypatch):
     if request.param == "numpy":
-        monkeypatch.setattr(cameras, "_optional_cv2", lambda: None)
+        monkeypatch.setattr(camera_frames, "_optional_cv2", lambda: None)
     return request.param
 
 
@@ -109,11 +109,11 @@ def test_numpy_resize_matches_opencv_within_one_level():
     rng = np.random.default_rng(0)
     frame = rng.integers(0, 256, (480, 640, 3), dtype=np.uint8)
     for size in [(96, 96), (84, 84), (64, 96), (120, 200)]:  # integer and fractional ratios
-        ours = cameras._resize_numpy(frame, size)
+        ours = camera_frames._resize_numpy(frame, size)
         ref = cv2.resize(frame, (size[1], size[0]), interpolation=cv2.INTER_AREA)
         assert np.abs(ours.astype(int) - ref).max() <= 1, size
     small = frame[:20, :30]
-    ours = cameras._resize_numpy(small, (60, 90))
+    ours = camera_frames._resize_numpy(small, (60, 90))
     ref = cv2.resize(small, (90, 60), interpolation=cv2.INTER_LINEAR)
     assert np.abs(ours.astype(int) - ref).max() <= 1
 
