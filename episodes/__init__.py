@@ -1,6 +1,7 @@
 """stepwise episode storage: one HDF5 file of many episodes, robomimic layout.
 
-See :mod:`episodes.store` for the on-disk layout and crash-safety notes.
+See :mod:`episodes.format` for the on-disk layout, :mod:`episodes.writer` for the crash-safety
+notes (the journal is :mod:`episodes.journal`) and :mod:`episodes.store` for readers next to a writer.
 Quick use::
 
     from episodes import Episode, EpisodeWriter, EpisodeStore
@@ -10,18 +11,11 @@ Quick use::
         ep = st[0]; frame = st.frames(0, 5)["front"]
 """
 
-from .store import (
-    FORMAT_VERSION,
-    CorruptStoreError,
-    Episode,
-    EpisodeStore,
-    EpisodeWriter,
-    MissingCameraError,
-    StoreError,
-    StoreNotFoundError,
-    VersionError,
-    summarize,
-)
+from .episode import Episode
+from .errors import CorruptStoreError, MissingCameraError, StoreError, StoreNotFoundError, VersionError
+from .format import FORMAT_VERSION
+from .store import EpisodeStore, summarize
+from .writer import EpisodeWriter
 
 __all__ = [
     "FORMAT_VERSION",

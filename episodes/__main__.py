@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import sys
 
-from .store import StoreError, summarize
+from .errors import StoreError
+from .store import summarize
 
 
 def main(argv: list[str] | None = None) -> int:

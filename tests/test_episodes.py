@@ -430,7 +430,7 @@ class _Killed(BaseException):
 
 def test_kill_while_applying_journal_is_recovered(tmp_path, monkeypatch):
     """A writer killed after its journal commit point, mid-apply: readers overlay it, writers replay it."""
-    import episodes.store as store
+    import episodes.journal as store
 
     path = _small_store(tmp_path / "s.hdf5", n=2)
     real_apply = store._apply
