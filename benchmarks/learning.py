@@ -5,6 +5,7 @@ curve (1, 2, 5, 10 policy demonstrations).
     python benchmarks/learning.py                      # the plan below, 2 runs at a time, resumable
     python benchmarks/learning.py --only progress --tasks drawer-open push --seeds 0
     python benchmarks/learning.py --table-only         # rebuild the table from finished runs
+    python benchmarks/learning.py --table-only --from-json benchmarks/results/learning.json   # ... from the committed runs
 
 Each run is one `stepwise-train` process (1 torch thread) in ``--runs/<name>``; a finished run
 (report.json present) is skipped, an unfinished one resumes. After every finished run the table
@@ -113,22 +114,47 @@ def success_at(report: dict, episode: int) -> float | None:
     return rows[-1]["success_rate"] if rows and report["online_episodes"] >= episode else None
 
 
-def write_table(runs_dir: Path, out: Path) -> None:
-    import numpy as np
+def task_means(reports: dict, variant: str, seeds: set[str] | None = None) -> tuple[float, dict] | None:
+    """The mean final success of ``variant``'s 5-demonstration runs over the benchmark's TASKS (each
+    task's seeds averaged first; ``seeds``: only those, e.g. {"s0"}), and the per-task means; None
+    unless every task has such a run."""
+    per_task: dict[str, list[float]] = {}
+    for name, r in reports.items():
+        parts = name.split("__")
+        if len(parts) == 3 and parts[1] == variant and (seeds is None or parts[2] in seeds):
+            per_task.setdefault(parts[0], []).append(float(r["final_success_rate"]))
+    if any(t not in per_task for t in TASKS):
+        return None
+    means = {t: sum(per_task[t]) / len(per_task[t]) for t in TASKS}
+    return sum(means.values()) / len(means), means
 
+
+def load_runs(runs_dir: Path) -> dict:
+    """The report of every finished run under ``runs_dir``, by run name."""
     reports = {}
     for d in sorted(runs_dir.iterdir()) if runs_dir.exists() else []:
         if (d / "report.json").exists():
             reports[d.name] = json.loads((d / "report.json").read_text())
+    return reports
+
+
+def write_table(runs_dir: Path, out: Path, reports: dict | None = None, written: str | None = None) -> None:
+    """The tables (``out``, its .json and .png) from the finished runs under ``runs_dir``, or from
+    ``reports`` (an earlier learning.json's runs) with ``written``, the line saying where they ran."""
+    import numpy as np
+
+    reports = load_runs(runs_dir) if reports is None else reports
     if not reports:
         return
     from machine import cpu_name
 
-    cpu = cpu_name()
     fmt = lambda v: "-" if v is None else f"{v:.2f}"  # noqa: E731
+    if written is None:
+        written = (f"Written {time.strftime('%Y-%m-%d %H:%M')} by `benchmarks/learning.py` on {os.cpu_count()} CPU "
+                   f"cores ({cpu_name()});")
     lines = [
         "# Learning benchmark: stepwise-train on held-out tasks", "",
-        f"Written {time.strftime('%Y-%m-%d %H:%M')} by `benchmarks/learning.py` on {os.cpu_count()} CPU cores ({cpu}); "
+        f"{written} "
         "two to five processes side by side (this benchmark ran 2 runs at a time beside other jobs; wall times are contended), 1 torch thread each. Every run: 5 scripted demonstrations (demo split) for the "
         "policy, the progress model adapted on ONE of them (150 steps), BC warm start 3000 steps + Cal-QL "
         "pre-training 1000 steps, then online SAC with Cal-QL's conservative term kept (2 critics, 256x256, update ratio 1, "
@@ -174,6 +200,15 @@ def write_table(runs_dir: Path, out: Path) -> None:
         summary[label] = {"runs": len(rs), "at": {c: cell for c, cell in zip(CHECKPOINTS, cells)}, "final": final}
         show = lambda cell: "-" if cell is None else (f"{cell[0]:.2f}" + ("" if cell[1] == len(rs) else f" ({cell[1]} runs)"))  # noqa: E731
         lines.append(f"| {label} | {len(rs)} | " + " | ".join(show(cell) for cell in cells) + f" | {final:.2f} |")
+    lines += ["", f"Mean final success over the {len(TASKS)} tasks (5 demonstrations; each task's seeds averaged "
+              "first), for every variant run on all of them:", "",
+              "| variant | seeds | mean | " + " | ".join(TASKS) + " |", "|---|---|---|" + "---|" * len(TASKS)]
+    for variant in VARIANTS:
+        for seeds, label in ((None, "all"), ({"s0"}, "s0")):
+            got = task_means(plain, variant, seeds)
+            if got is not None:
+                summary.setdefault("task_means", {})[f"{variant} ({label})"] = got[0]
+                lines.append(f"| {variant} | {label} | **{got[0]:.2f}** | " + " | ".join(f"{got[1][t]:.2f}" for t in TASKS) + " |")
     demo_runs = {n: r for n, r in reports.items() if "__progress__s0" in n or "__progress_v1__s0" in n}
     curve = [(t, "v1" if "_v1__" in n else "current", r["demos"], r["final_success_rate"], success_at(r, 50),
               r["first_episode_at_full_success"])
@@ -185,7 +220,8 @@ def write_table(runs_dir: Path, out: Path) -> None:
             lines.append(f"| {t} | {v} | {d} | {fmt(s50)} | {f:.2f} | {first} |")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text("\n".join(lines) + "\n")
-    out.with_suffix(".json").write_text(json.dumps({"summary": summary, "runs": reports}, indent=1, default=str))
+    out.with_suffix(".json").write_text(json.dumps({"written": written, "summary": summary, "runs": reports}, indent=1,
+                                                   default=str))
     plot(reports, out.with_suffix(".png"))
 
 
@@ -227,9 +263,18 @@ def main() -> None:
     parser.add_argument("--runs", default=str(ROOT / "runs" / "bench_learning"))
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "learning.md"))
     parser.add_argument("--table-only", action="store_true")
+    parser.add_argument("--from-json", help="with --table-only: rebuild the tables from an earlier learning.json's "
+                                            "runs (its machine line kept) instead of --runs")
     parser.add_argument("extra", nargs="*", help="extra stepwise-train overrides for every run")
     args = parser.parse_args()
     runs_dir, out = Path(args.runs), Path(args.out)
+    if args.table_only and args.from_json:
+        earlier = json.loads(Path(args.from_json).read_text())
+        written = earlier.get("written") or next(
+            (ln.split(" two to five")[0] for ln in out.read_text().splitlines() if ln.startswith("Written")), None)
+        write_table(runs_dir, out, earlier["runs"], written)
+        print(out.read_text())
+        return
     if not args.table_only:
         with ThreadPoolExecutor(args.parallel) as pool:
             futures = [pool.submit(run_one, name, ov, runs_dir, args.extra) for name, ov in plan(args)]

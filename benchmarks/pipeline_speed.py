@@ -66,7 +66,7 @@ def measure(row: Row, threads: int, timeout: float) -> dict:
     load_before = os.getloadavg()
     cpu_before = resource.getrusage(resource.RUSAGE_CHILDREN)
     with tempfile.TemporaryDirectory(prefix="pipeline_speed_") as tmp:
-        cmd = [sys.executable, "-m", "policies.train", *COMMON, *row.overrides, f"online.episodes={row.episodes}",
+        cmd = [sys.executable, "-m", "policies.jobs.train", *COMMON, *row.overrides, f"online.episodes={row.episodes}",
                f"threads={threads}", f"hydra.run.dir={tmp}"]
         start = time.perf_counter()
         proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout)

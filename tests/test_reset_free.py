@@ -12,17 +12,11 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
-from policies.reset_free import (
-    ClassifierSuccess,
-    DetectorCounts,
-    ResetFreeConfigError,
-    ResetFreeLoop,
-    SimSuccess,
-    check_config,
-    expert_policy,
-    run,
-)
-from policies.train import CONFIG_DIR
+from policies.config import CONFIG_DIR
+from policies.jobs.reset_free import check_config, run
+from policies.reset_free.loop import ResetFreeLoop, expert_policy
+from policies.success import ClassifierSuccess, DetectorCounts, SimSuccess
+from sim.task_pair import ResetFreeConfigError
 from sim.task_pair import TaskPairScene, get_pair
 
 

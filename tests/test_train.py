@@ -13,7 +13,8 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
-from policies.train import CONFIG_DIR, TrainConfigError, check_config, run
+from policies.config import CONFIG_DIR, TrainConfigError, check_config
+from policies.jobs.train import run
 from reward_models.base import CheckpointError
 from sim.tasks import UnknownTaskError
 
@@ -159,7 +160,7 @@ def test_progress_shaping_scores_each_episode_and_logs_terms(tmp_path):
 
 
 def test_cli_unknown_task_exits_with_the_known_names(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "policies.train", "task=metaworld/nope", f"hydra.run.dir={tmp_path}"],
+    proc = subprocess.run([sys.executable, "-m", "policies.jobs.train", "task=metaworld/nope", f"hydra.run.dir={tmp_path}"],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
     assert "nope" in proc.stderr and "list_tasks" in proc.stderr

@@ -11,9 +11,10 @@ from reward_models.perceptual.segmentation import WEIGHTINGS
 
 FUSIONS = ("concat", "mean")
 PROGRESS_RULES = ("anchored", "furthest", "weighted")
-"""How step rewards make progress (:func:`combine_progress`); the package docstring compares them."""
-"""``furthest``: max_i r_i (i - 1 + r_i) / n (default; see the package docstring). ``weighted``:
-sum_i i r_i / sum_i i (later steps weigh more; cannot reach 1 while earlier steps' rewards fall)."""
+"""How step rewards make progress (:func:`combine_progress`; the package docstring compares them):
+``anchored`` (default) sum_i (i/n) r_i / sum_i r_i over i = 0 (start) .. n; ``furthest``
+max_i r_i (i - 1 + r_i) / n; ``weighted`` sum_i i r_i / sum_i i (later steps weigh more; cannot reach 1
+while earlier steps' rewards fall)."""
 
 
 @dataclass

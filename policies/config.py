@@ -1,0 +1,145 @@
+"""The learners' settings: the names the jobs accept, the checks run before any work, the typed agent
+configs built once from a job's config, and the other tools' configs a stage runs with."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+ALGOS = ("calql", "sac", "bc")
+SOURCES = ("sparse", "success_prob", "sim_dense")
+SHAPINGS = ("progress", "oracle", "none")
+POLICIES = ("state", "image")
+REWARD_KINDS = ("step_prm", "perceptual", "vlm_success")  # reward=<family>; vlm_success: the classifier's success, step-PRM shaping
+
+
+class TrainConfigError(ValueError):
+    """A setting of stepwise-train that cannot work; the message names it and the fix."""
+
+
+def check_config(cfg) -> None:
+    """Refuse settings of stepwise-train that cannot work, before anything is collected or trained."""
+    from sim.tasks import get_task
+
+    get_task(cfg.task)  # UnknownTaskError names the known tasks
+    if cfg.algo not in ALGOS:
+        raise TrainConfigError(f"algo={cfg.algo!r} unknown: use one of {ALGOS}")
+    driver = cfg.robot.driver
+    if driver not in ("sim", "remote"):
+        raise TrainConfigError(
+            f"robot={driver}: the learner never imports a driver; serve it with "
+            f"`stepwise-robot-server robot={driver}` and train with robot=remote host=... port=..."
+        )
+    if cfg.reward.source not in SOURCES:
+        raise TrainConfigError(f"reward.source={cfg.reward.source!r} unknown: use one of {SOURCES}")
+    if cfg.reward.shaping not in SHAPINGS:
+        raise TrainConfigError(f"reward.shaping={cfg.reward.shaping!r} unknown: use one of {SHAPINGS}")
+    if not 1 <= int(cfg.demos) <= 10:
+        raise TrainConfigError(f"demos={cfg.demos}: use 1 to 10 demonstrations")
+    if int(cfg.agent.utd_ratio) < 1:
+        raise TrainConfigError(f"agent.utd_ratio={cfg.agent.utd_ratio}: the update-to-data ratio must be >= 1")
+    if int(cfg.online.updates_per_step) < 0:
+        raise TrainConfigError(f"online.updates_per_step={cfg.online.updates_per_step}: must be >= 0")
+    if int(cfg.online.episodes) < 0 or int(cfg.online.max_steps) < 1:
+        raise TrainConfigError("online.episodes must be >= 0 and online.max_steps >= 1")
+    if int(cfg.eval.every) < 1 or int(cfg.eval.episodes) < 1 or int(cfg.eval.final_episodes) < 1:
+        raise TrainConfigError("eval.every, eval.episodes and eval.final_episodes must be >= 1")
+    if cfg.reward.kind not in REWARD_KINDS:
+        raise TrainConfigError(f"reward={cfg.reward.kind}: stepwise-train shapes with one of {REWARD_KINDS}")
+    if cfg.reward.kind == "vlm_success" and (cfg.reward.source != "success_prob" or not cfg.reward.success_model):
+        raise TrainConfigError(
+            f"reward=vlm_success takes success from the classifier: it needs reward.source=success_prob (got "
+            f"{cfg.reward.source}) and reward.success_model=<classifier> (got {cfg.reward.success_model}); for the "
+            "simulator's success use reward=step_prm"
+        )
+    if cfg.reward.shaping == "progress" and cfg.reward.perspective not in ("forward", "backward"):
+        raise TrainConfigError(
+            f"reward.perspective={cfg.reward.perspective!r}: shaping needs a state-only perspective "
+            "(forward or backward); incremental and fused depend on the history"
+        )
+    if cfg.policy not in POLICIES:
+        raise TrainConfigError(f"policy={cfg.policy!r} unknown: use one of {POLICIES}")
+    if cfg.policy == "image":
+        check_image_policy(cfg)
+    if cfg.online.get("imitate_successes", False):
+        if cfg.algo != "calql":
+            raise TrainConfigError(f"online.imitate_successes=true adds successful online episodes to the "
+                                   f"demonstrations, which algo={cfg.algo} has no use for: use algo=calql, or set it false")
+        if cfg.policy == "image":
+            raise TrainConfigError("online.imitate_successes=true works with policy=state only (the image policy keeps "
+                                   "its demonstrations' frames in a buffer sized for them): set it false for policy=image")
+
+
+def check_image_policy(cfg) -> None:
+    """policy=image: an even image size the encoder can read, distinct cameras, valid encoder fields."""
+    from policies.image_sac import PixelEncoder
+
+    size = int(cfg.policy_image_size)
+    if size < 8 or size % 2:
+        raise TrainConfigError(f"policy_image_size={size}: use an even size >= 8 (e.g. 32 or 64)")
+    cams = cfg.policy_cameras
+    if cams is not None and (isinstance(cams, str) or len(cams) == 0 or len(set(cams)) != len(cams)):
+        raise TrainConfigError(f"policy_cameras={cams}: give a list of distinct camera names "
+                               "(e.g. [corner,gripperPOV]), or null for the reward model's rig")
+    config = image_agent_config(cfg)
+    try:  # the conv trunk must leave at least one pixel
+        PixelEncoder(1, (size, size), 1, config.encoder_channels, config.encoder_strides, config.feature_dim,
+                     config.proprio_features)
+    except ValueError as err:
+        raise TrainConfigError(f"policy_image_size={size} with encoder.encoder_strides={list(config.encoder_strides)}: "
+                               f"{err}") from err
+
+
+def sac_config(cfg, error: type[Exception] = TrainConfigError):
+    """`SACConfig` from a job's ``agent`` block and ``device``; ``error`` names a wrong field."""
+    from omegaconf import OmegaConf
+
+    from policies.sac import SACConfig
+
+    fields = OmegaConf.to_container(cfg.agent, resolve=True)
+    fields["hidden_sizes"] = tuple(fields["hidden_sizes"])
+    fields["device"] = cfg.device
+    try:
+        return SACConfig(**fields)
+    except TypeError as err:
+        raise error(f"agent settings: {err}; see policies.sac.SACConfig for the fields") from err
+
+
+def image_agent_config(cfg):
+    """`ImageSACConfig` from ``agent`` (the SACConfig fields) plus ``encoder`` (the pixel encoder's)."""
+    from omegaconf import OmegaConf
+
+    from policies.image_sac import ImageSACConfig
+
+    fields = {**OmegaConf.to_container(cfg.agent, resolve=True), **OmegaConf.to_container(cfg.encoder, resolve=True)}
+    fields["hidden_sizes"] = tuple(fields["hidden_sizes"])
+    fields["encoder_strides"] = tuple(fields["encoder_strides"])
+    fields["device"] = cfg.device
+    fields["state_features"] = "raw"  # actor and critics read pixel features here, not Meta-World's state
+    try:
+        return ImageSACConfig(**fields)
+    except (TypeError, ValueError) as err:
+        raise TrainConfigError(
+            f"agent/encoder settings: {err}; see policies.image_sac.ImageSACConfig for the fields") from err
+
+
+def offline_threads(cfg) -> int:
+    """Torch threads for the stages that run alone (adaptation, pre-training): every core by default."""
+    return int(cfg.offline_threads or os.cpu_count() or 1)
+
+
+def tool_config(name: str, overrides: Mapping[str, Any], reward: str | None = None):
+    """Another tool's config as its command line would compose it: ``configs/<name>.yaml`` without its
+    Hydra keys, ``reward`` (a ``configs/reward/<reward>.yaml`` group) as its ``reward`` block, then
+    ``overrides`` merged on top (nested keys merge)."""
+    from omegaconf import OmegaConf
+
+    base = OmegaConf.load(CONFIG_DIR / f"{name}.yaml")
+    for key in ("defaults", "hydra"):
+        base.pop(key, None)
+    if reward is not None:
+        base.reward = OmegaConf.load(CONFIG_DIR / "reward" / f"{reward}.yaml")
+    return OmegaConf.merge(base, dict(overrides))

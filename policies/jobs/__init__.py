@@ -1,0 +1,2 @@
+"""The learning jobs' entry points (Hydra main + stage wiring): `train` (stepwise-train) and
+`reset_free` (stepwise-train-reset-free)."""

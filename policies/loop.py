@@ -1,0 +1,95 @@
+"""stepwise-train's episodes: one online episode that updates the agent every step, and the
+deterministic evaluation on the eval split, and the history row of an episode."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import numpy as np
+
+from policies.episode import EpisodeRecord, PolicyView, state_view
+from policies.rewards import is_hacking
+
+
+def evaluate(agent, env, seeds: list[int], observe: Callable[[Mapping], Any] = state_view) -> dict:
+    """Deterministic episodes on ``env`` (eval split): success rate and lengths. ``observe``: env
+    observation -> the policy's input (`state_view`, or the image policy's `PolicyView`)."""
+    successes, lengths = [], []
+    for s in seeds:
+        obs, _ = env.reset(seed=int(s))
+        done, steps, success = False, 0, False
+        while not done:
+            obs, _, term, trunc, info = env.step(agent.act(observe(obs), deterministic=True))
+            steps += 1
+            success = success or bool(info["sim/success"])
+            done = term or trunc
+        successes.append(success)
+        lengths.append(steps)
+    return {"success_rate": float(np.mean(successes)), "episodes": len(seeds), "mean_length": float(np.mean(lengths))}
+
+
+def run_episode(cfg, env, agent, replay, rng, state, batch_rows: int, cameras: list[str],
+                view: PolicyView | None = None):
+    """One online episode: act, update every step, and keep what the reward pipeline needs.
+
+    ``state``: the run's counters (``episode`` seeds the reset, ``env_steps`` is advanced).
+    ``cameras``: frames kept for the reward model. ``view``: the image policy's (None: the state policy)."""
+    observe = view if view is not None else state_view
+    obs, info = env.reset(seed=int(cfg.seed) * 100_000 + state.episode)
+    seen, actions, rewards, terms = [observe(obs)], [], [], []
+    frames = {c: [obs["images"][c]] for c in cameras}
+    dense = [0.0]
+    success = False
+    sums: dict[str, float] = {}
+    n_updates = 0
+    while True:
+        if state.env_steps < int(cfg.online.random_steps):
+            action = rng.uniform(-1, 1, agent.act_dim).astype(np.float32)
+        else:
+            action = agent.act(seen[-1])
+        obs, reward, terminated, truncated, info = env.step(action)
+        state.env_steps += 1
+        seen.append(observe(obs))
+        actions.append(info["applied_action"])
+        rewards.append(reward)
+        terms.append(terminated)
+        dense.append(info.get("sim/dense_reward", 0.0))
+        for c in cameras:
+            frames[c].append(obs["images"][c])
+        success = success or bool(info.get("sim/success", False))
+        ready = len(replay.offline) > 0 and replay.offline_fraction > 0 or len(replay.online) > 0
+        for _ in range(int(cfg.online.updates_per_step) if ready else 0):
+            out = agent.update(replay.sample(batch_rows, rng, agent.device))
+            n_updates += 1
+            for k, v in out.items():
+                sums[k] = sums.get(k, 0.0) + v
+        if terminated or truncated:
+            break
+    rec = EpisodeRecord(
+        obs=np.asarray(seen, np.float32) if view is None else None, actions=np.asarray(actions, np.float32),
+        env_rewards=np.asarray(rewards, np.float32), terminated=np.asarray(terms, bool), success=success,
+        frames={c: np.stack(v) for c, v in frames.items()}, dense=np.asarray(dense, np.float32))
+    if view is not None:
+        rec.proprio = np.stack([s["proprio"] for s in seen])
+        rec.policy_frames = {c: np.stack([s["images"][c] for s in seen]) for c in view.cameras}
+    return rec, {f"agent/{k}": v / n_updates for k, v in sums.items()} if n_updates else {}
+
+
+def episode_row(cfg, episode: int, rec: EpisodeRecord, terms: dict, stats: dict, imitated: bool) -> dict:
+    """The history row of online episode ``episode``: its length, success, return and its terms, the
+    progress it ended at and the hacking monitor's verdict, the agent's update statistics ``stats``;
+    with a learned success signal, whether its verdict was a false positive or negative."""
+    row = {
+        "episode": episode, "length": len(rec.actions), "success": rec.success,
+        "return": float(terms["reward"].sum()), "env_reward": float(terms["env_reward"].sum()),
+        "shaping": float(terms["shaping"].sum()), "phi_mean": float(terms["phi"].mean()),
+        "phi_next_mean": float(terms["phi_next"].mean()), "final_progress": terms["final_progress"],
+        "hacking": is_hacking(terms["final_progress"], rec.success, cfg.reward.hacking_progress),
+        "imitated": imitated, **stats,
+    }
+    if cfg.reward.source == "success_prob":
+        claimed = bool(rec.terminated[-1])
+        row["detector_false_positive"] = claimed and not rec.success
+        row["detector_false_negative"] = (not claimed) and rec.success
+    return row

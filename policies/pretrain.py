@@ -1,0 +1,38 @@
+"""Pre-training on the demonstrations, written once for both jobs: a behaviour-cloning warm start of
+the actor, then Cal-QL updates (the conservative term lower-bounded by the rows' Monte-Carlo returns)."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+
+def bc_warm_start(agent, buffer, steps: int, batch_size: int, rng: np.random.Generator, writer=None,
+                  log_every: int = 50) -> None:
+    """``steps`` actor-only behaviour-cloning updates on batches of ``buffer``; the loss goes to
+    ``writer`` (a TensorBoard SummaryWriter, or None) every ``log_every`` steps."""
+    for step in tqdm(range(int(steps)), desc="BC warm start", unit="step"):
+        b = buffer.sample(int(batch_size), rng, agent.device)
+        loss = agent.bc_update(b["obs"], b["action"])
+        if writer is not None and step % log_every == 0:
+            writer.add_scalar("pretrain/bc_loss", loss, step)
+
+
+def calql_pretrain(agent, buffer, steps: int, batch_rows: int, rng: np.random.Generator, writer=None,
+                   log_every: int = 50) -> None:
+    """``steps`` Cal-QL updates on ``batch_rows``-row batches of ``buffer``, every row marked a
+    demonstration (the BC term applies); the update's statistics go to ``writer`` every ``log_every``."""
+    for step in tqdm(range(int(steps)), desc="Cal-QL pre-training", unit="step"):
+        b = buffer.sample(int(batch_rows), rng, agent.device)
+        b["demo"] = torch.ones(int(batch_rows), device=agent.device)
+        stats = agent.update(b)
+        if writer is not None and step % log_every == 0:
+            for k, v in stats.items():
+                writer.add_scalar(f"pretrain/{k}", v, step)
+
+
+def anneal_bc(agent, episode: int, anneal_episodes: int, final: float) -> None:
+    """The BC term's multiplier, linear from 1.0 at episode 0 to ``final`` at ``anneal_episodes``."""
+    frac = min(1.0, int(episode) / max(1, int(anneal_episodes)))
+    agent.bc_coef = 1.0 + frac * (float(final) - 1.0)

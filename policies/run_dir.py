@@ -1,0 +1,133 @@
+"""A learning run's directory: the resume guard, atomic checkpoints that name their kind, and
+stepwise-train's checkpoint (agent, online replay with the image policy's sidecar file, counters,
+random states)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from policies.config import TrainConfigError
+
+CHECKPOINT_VERSION = 1
+REPLAY_PREFIX = "online_replay_ep"  # the image policy's online replay: <prefix><episode>.npz beside checkpoint.pt
+
+
+def existing_checkpoint(run: Path, resume: bool, error: type[Exception]) -> Path | None:
+    """``<run>/checkpoint.pt`` when it exists and ``resume`` is set (None when there is none); a run
+    directory that holds a run without ``resume=true`` raises ``error``: nothing is overwritten."""
+    path = Path(run) / "checkpoint.pt"
+    if not path.exists():
+        return None
+    if not resume:
+        raise error(f"{run} already holds a run ({path.name}): pass resume=true to continue it, "
+                    "or give another hydra.run.dir")
+    return path
+
+
+def save_atomic(payload: dict, path: Path) -> None:
+    """``torch.save`` to a temporary file, then rename: a kill never leaves half a checkpoint."""
+    tmp = Path(path).with_suffix(".tmp")
+    torch.save(payload, tmp)
+    tmp.replace(path)
+
+
+def read_checkpoint(path: Path, kind: str, error: type[Exception]) -> dict:
+    """A checkpoint written with ``kind``; unreadable files and other kinds raise ``error`` with the fix."""
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as err:  # truncated or not a torch file
+        raise error(f"checkpoint {path} cannot be read ({err}); delete it to start over") from err
+    if not isinstance(ckpt, dict) or ckpt.get("kind") != kind:
+        raise error(f"{path} is not a {kind} checkpoint; use another hydra.run.dir")
+    if ckpt.get("version") != CHECKPOINT_VERSION:
+        raise error(f"{path} has checkpoint version {ckpt.get('version')}, this code reads {CHECKPOINT_VERSION}")
+    return ckpt
+
+
+@dataclass
+class RunState:
+    """stepwise-train's counters and history that a resume restores (the agent and replay travel beside it)."""
+
+    phase: str = "pretrain"              # pretrain -> online -> done
+    episode: int = 0                     # online episodes finished
+    env_steps: int = 0
+    wall_time_s: float = 0.0             # summed over sessions (resumes)
+    history: list[dict] = field(default_factory=list)   # one row per online episode
+    evals: list[dict] = field(default_factory=list)     # one row per evaluation
+    stage_seconds: dict = field(default_factory=dict)
+
+
+def save_checkpoint(path: Path, agent, online, state: RunState, rng: np.random.Generator, cfg_dict: dict,
+                    imitated: dict | None = None) -> None:
+    """Everything a resume needs, written atomically (tmp + rename). ``imitated``: the rows of
+    successful online episodes added to the demonstrations (online.imitate_successes), by field.
+
+    The state policy's online replay is embedded in the checkpoint. The image policy's
+    (`ImageReplayBuffer`, GBs at full size) goes to its own file, named by the episode count and
+    written before the checkpoint that names it; older ones are deleted after. A kill at any point
+    leaves a checkpoint whose replay file is complete."""
+    from policies.image_replay import ImageReplayBuffer
+
+    payload = {
+        "version": CHECKPOINT_VERSION, "kind": "stepwise-train", "task": cfg_dict["task"],
+        "policy": cfg_dict.get("policy", "state"),
+        "obs_dim": agent.obs_dim, "act_dim": agent.act_dim, "config": cfg_dict,
+        "agent": agent.state_dict(), "state": state.__dict__,
+        "replay_capacity": online.capacity, "imitated": imitated,
+        "rng": rng.bit_generator.state, "torch_rng": torch.get_rng_state(),
+    }
+    replay_file = None
+    if isinstance(online, ImageReplayBuffer):
+        replay_file = f"{REPLAY_PREFIX}{state.episode}.npz"
+        tmp_replay = path.parent / f"{REPLAY_PREFIX}{state.episode}.tmp.npz"  # numpy appends .npz to other names
+        online.save(tmp_replay)
+        os.replace(tmp_replay, path.parent / replay_file)
+        payload.update(replay=None, replay_file=replay_file, replay_size=len(online),
+                       replay_bytes=(path.parent / replay_file).stat().st_size)
+    else:
+        payload["replay"] = online.rows()
+    save_atomic(payload, path)
+    if replay_file is not None:
+        for old in path.parent.glob(f"{REPLAY_PREFIX}*.npz"):
+            if old.name != replay_file:
+                old.unlink(missing_ok=True)
+
+
+def load_online_images(run: Path, ckpt: dict):
+    """The image policy's online replay that ``ckpt`` names, checked against the size it recorded."""
+    from policies.image_replay import ImageReplayBuffer
+
+    path = run / ckpt["replay_file"]
+    if not path.exists():
+        raise TrainConfigError(f"{path}, the online replay of {run / 'checkpoint.pt'}, is missing: restore it, "
+                               "or delete checkpoint.pt to start the run over")
+    try:
+        online = ImageReplayBuffer.load(path)
+    except Exception as err:  # truncated or not written by ImageReplayBuffer.save
+        raise TrainConfigError(f"{path} cannot be read ({err}); delete checkpoint.pt to start the run over") from err
+    if len(online) != ckpt["replay_size"]:
+        raise TrainConfigError(f"{path} holds {len(online)} transitions but the checkpoint recorded "
+                               f"{ckpt['replay_size']}: it belongs to another checkpoint; delete checkpoint.pt "
+                               "to start over")
+    return online
+
+
+def load_checkpoint(path: Path, cfg) -> dict:
+    """Read a stepwise-train checkpoint and check it belongs to this run's task and policy."""
+    ckpt = read_checkpoint(path, "stepwise-train", TrainConfigError)
+    if ckpt["task"] != cfg.task:
+        raise TrainConfigError(
+            f"{path} is a run of {ckpt['task']}, not {cfg.task}: pass task={ckpt['task']} or another hydra.run.dir"
+        )
+    theirs = ckpt.get("policy", "state")  # checkpoints from before the image policy are state runs
+    if theirs != cfg.policy:
+        raise TrainConfigError(
+            f"{path} is a run of the {theirs} policy, not policy={cfg.policy}: pass policy={theirs} to resume it, "
+            "or use another hydra.run.dir"
+        )
+    return ckpt
