@@ -34,7 +34,7 @@ from pathlib import Path
 from machine import cpu_name  # benchmarks/machine.py (scripts here run with benchmarks/ on sys.path)
 
 ROOT = Path(__file__).resolve().parent.parent
-COMMON = ["task=metaworld/drawer-open", "demos=1", "reward.adapt_steps=0", "pretrain.bc_steps=10", "pretrain.steps=10",
+COMMON = ["task=metaworld/drawer-open", "demos=1", "adapt.steps=0", "pretrain.bc_steps=10", "pretrain.steps=10",
           "online.max_steps=200", "eval.every=1000", "eval.episodes=1", "eval.final_episodes=1", "offline_threads=1"]
 
 

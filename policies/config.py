@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
+
+from omegaconf import MISSING
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 ALGOS = ("calql", "sac", "bc")
@@ -20,9 +23,133 @@ class TrainConfigError(ValueError):
     """A setting of stepwise-train that cannot work; the message names it and the fix."""
 
 
-def check_config(cfg) -> None:
-    """Refuse settings of stepwise-train that cannot work, before anything is collected or trained."""
+# ---------------------------------------------------------------- the typed schema of configs/train.yaml
+# Every field is MISSING here: the YAML holds the defaults (one source); the schema holds the types.
+# `typed_config` merges a composed config into it, so `demos=five` fails naming the key, "5" becomes 5,
+# and the jobs read ints and floats without casting.
+
+
+@dataclass
+class PretrainSettings:
+    """``pretrain``: the BC warm start and the Cal-QL updates on the demonstrations."""
+
+    bc_steps: int = MISSING
+    steps: int = MISSING
+
+
+@dataclass
+class OnlineSettings:
+    """``online``: fine-tuning on the train split."""
+
+    episodes: int = MISSING
+    max_steps: int = MISSING
+    offline_fraction: float = MISSING
+    imitate_successes: bool = MISSING
+    cql_alpha: float = MISSING
+    bc_final: float = MISSING
+    bc_anneal_episodes: int = MISSING
+    updates_per_step: int = MISSING
+    random_steps: int = MISSING
+    capacity: int = MISSING
+
+
+@dataclass
+class EvalSettings:
+    """``eval``: deterministic evaluations on the eval split."""
+
+    every: int = MISSING
+    episodes: int = MISSING
+    final_episodes: int = MISSING
+
+
+@dataclass
+class AdaptSettings:
+    """``adapt``: the progress model's fine-tuning on one demonstration."""
+
+    steps: int = MISSING
+    lr: float = MISSING
+
+
+@dataclass
+class RewardSettings:
+    """The learner's keys of ``reward`` (the family's own keys, read by its model, stay untyped beside them)."""
+
+    kind: str = MISSING
+    source: str = MISSING
+    success_reward: float = MISSING
+    shaping: str = MISSING
+    weight: float = MISSING
+    model: Optional[str] = MISSING
+    perspective: str = MISSING
+    success_model: Optional[str] = None
+    success_threshold: Optional[float] = None
+    hacking_progress: float = MISSING
+
+
+@dataclass
+class TrainSettings:
+    """configs/train.yaml, typed. ``agent`` and ``encoder`` are typed by `SACConfig` / `ImageSACConfig`
+    (`sac_config`, `image_agent_config`), ``robot`` by its driver, ``reward`` by `RewardSettings`."""
+
+    task: str = MISSING
+    host: str = MISSING
+    port: int = MISSING
+    token: Optional[str] = None
+    seed: int = MISSING
+    demos: int = MISSING
+    algo: str = MISSING
+    resume: bool = MISSING
+    threads: int = MISSING
+    offline_threads: Optional[int] = None
+    device: str = MISSING
+    policy: str = MISSING
+    policy_image_size: int = MISSING
+    policy_cameras: Optional[list[str]] = None
+    image_size: Optional[int] = None
+    reward: Any = MISSING
+    agent: Any = MISSING
+    encoder: Any = MISSING
+    robot: Any = MISSING
+    adapt: AdaptSettings = field(default_factory=AdaptSettings)
+    pretrain: PretrainSettings = field(default_factory=PretrainSettings)
+    online: OnlineSettings = field(default_factory=OnlineSettings)
+    eval: EvalSettings = field(default_factory=EvalSettings)
+
+
+def typed_config(cfg):
+    """``cfg`` (a composed stepwise-train config) checked against `TrainSettings` and converted to its
+    types; a wrong type, a missing value or a key the job does not know raises `TrainConfigError` naming it."""
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    if OmegaConf.is_config(cfg) and OmegaConf.get_type(cfg) is TrainSettings:
+        return cfg
+    plain = OmegaConf.to_container(cfg, resolve=True) if OmegaConf.is_config(cfg) else dict(cfg)
+    plain.pop("hydra", None)
+    reward = dict(plain.get("reward") or {})
+    learner = {f.name: reward[f.name] for f in fields(RewardSettings) if f.name in reward}
+    prefix = "reward."
+    try:
+        typed_reward = OmegaConf.merge(OmegaConf.structured(RewardSettings), learner)
+        OmegaConf.to_container(typed_reward, throw_on_missing=True)
+        plain["reward"] = {**reward, **OmegaConf.to_container(typed_reward)}
+        prefix = ""
+        typed = OmegaConf.merge(OmegaConf.structured(TrainSettings), plain)
+        OmegaConf.to_container(typed, throw_on_missing=True)
+    except OmegaConfBaseException as err:
+        key = prefix + str(getattr(err, "full_key", "") or "")
+        msg = str(getattr(err, "msg", None) or err).splitlines()[0]
+        raise TrainConfigError(f"{key or 'the config'}: {msg} (configs/train.yaml gives each field's type and "
+                               "meaning)") from err
+    return typed
+
+
+def check_config(cfg):
+    """Refuse settings of stepwise-train that cannot work, before anything is collected or trained;
+    returns the config typed (`typed_config`)."""
     from sim.tasks import get_task
+
+    cfg = typed_config(cfg)
 
     get_task(cfg.task)  # UnknownTaskError names the known tasks
     if cfg.algo not in ALGOS:
@@ -37,15 +164,15 @@ def check_config(cfg) -> None:
         raise TrainConfigError(f"reward.source={cfg.reward.source!r} unknown: use one of {SOURCES}")
     if cfg.reward.shaping not in SHAPINGS:
         raise TrainConfigError(f"reward.shaping={cfg.reward.shaping!r} unknown: use one of {SHAPINGS}")
-    if not 1 <= int(cfg.demos) <= 10:
+    if not 1 <= cfg.demos <= 10:
         raise TrainConfigError(f"demos={cfg.demos}: use 1 to 10 demonstrations")
-    if int(cfg.agent.utd_ratio) < 1:
+    if cfg.agent.utd_ratio < 1:
         raise TrainConfigError(f"agent.utd_ratio={cfg.agent.utd_ratio}: the update-to-data ratio must be >= 1")
-    if int(cfg.online.updates_per_step) < 0:
+    if cfg.online.updates_per_step < 0:
         raise TrainConfigError(f"online.updates_per_step={cfg.online.updates_per_step}: must be >= 0")
-    if int(cfg.online.episodes) < 0 or int(cfg.online.max_steps) < 1:
+    if cfg.online.episodes < 0 or cfg.online.max_steps < 1:
         raise TrainConfigError("online.episodes must be >= 0 and online.max_steps >= 1")
-    if int(cfg.eval.every) < 1 or int(cfg.eval.episodes) < 1 or int(cfg.eval.final_episodes) < 1:
+    if cfg.eval.every < 1 or cfg.eval.episodes < 1 or cfg.eval.final_episodes < 1:
         raise TrainConfigError("eval.every, eval.episodes and eval.final_episodes must be >= 1")
     if cfg.reward.kind not in REWARD_KINDS:
         raise TrainConfigError(f"reward={cfg.reward.kind}: stepwise-train shapes with one of {REWARD_KINDS}")
@@ -64,20 +191,21 @@ def check_config(cfg) -> None:
         raise TrainConfigError(f"policy={cfg.policy!r} unknown: use one of {POLICIES}")
     if cfg.policy == "image":
         check_image_policy(cfg)
-    if cfg.online.get("imitate_successes", False):
+    if cfg.online.imitate_successes:
         if cfg.algo != "calql":
             raise TrainConfigError(f"online.imitate_successes=true adds successful online episodes to the "
                                    f"demonstrations, which algo={cfg.algo} has no use for: use algo=calql, or set it false")
         if cfg.policy == "image":
             raise TrainConfigError("online.imitate_successes=true works with policy=state only (the image policy keeps "
                                    "its demonstrations' frames in a buffer sized for them): set it false for policy=image")
+    return cfg
 
 
 def check_image_policy(cfg) -> None:
     """policy=image: an even image size the encoder can read, distinct cameras, valid encoder fields."""
     from policies.image_sac import PixelEncoder
 
-    size = int(cfg.policy_image_size)
+    size = cfg.policy_image_size
     if size < 8 or size % 2:
         raise TrainConfigError(f"policy_image_size={size}: use an even size >= 8 (e.g. 32 or 64)")
     cams = cfg.policy_cameras

@@ -36,7 +36,7 @@ def run_episode(cfg, env, agent, replay, rng, state, batch_rows: int, cameras: l
     ``state``: the run's counters (``episode`` seeds the reset, ``env_steps`` is advanced).
     ``cameras``: frames kept for the reward model. ``view``: the image policy's (None: the state policy)."""
     observe = view if view is not None else state_view
-    obs, info = env.reset(seed=int(cfg.seed) * 100_000 + state.episode)
+    obs, info = env.reset(seed=cfg.seed * 100_000 + state.episode)
     seen, actions, rewards, terms = [observe(obs)], [], [], []
     frames = {c: [obs["images"][c]] for c in cameras}
     dense = [0.0]
@@ -44,7 +44,7 @@ def run_episode(cfg, env, agent, replay, rng, state, batch_rows: int, cameras: l
     sums: dict[str, float] = {}
     n_updates = 0
     while True:
-        if state.env_steps < int(cfg.online.random_steps):
+        if state.env_steps < cfg.online.random_steps:
             action = rng.uniform(-1, 1, agent.act_dim).astype(np.float32)
         else:
             action = agent.act(seen[-1])
@@ -59,7 +59,7 @@ def run_episode(cfg, env, agent, replay, rng, state, batch_rows: int, cameras: l
             frames[c].append(obs["images"][c])
         success = success or bool(info.get("sim/success", False))
         ready = len(replay.offline) > 0 and replay.offline_fraction > 0 or len(replay.online) > 0
-        for _ in range(int(cfg.online.updates_per_step) if ready else 0):
+        for _ in range(cfg.online.updates_per_step if ready else 0):
             out = agent.update(replay.sample(batch_rows, rng, agent.device))
             n_updates += 1
             for k, v in out.items():

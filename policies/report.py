@@ -31,9 +31,9 @@ def write_train_report(run: Path, cfg, state: RunState, final: dict, demo_terms:
     hist = state.history
     hacked = [h["episode"] for h in hist if h.get("hacking")]
     report = {
-        "task": cfg.task, "algo": cfg.algo, "demos": int(cfg.demos), "seed": int(cfg.seed),
-        "reward": {"source": cfg.reward.source, "shaping": cfg.reward.shaping, "weight": float(cfg.reward.weight),
-                   "model": str(cfg.reward.model), "adapt_steps": int(cfg.reward.adapt_steps), "kind": cfg.reward.kind,
+        "task": cfg.task, "algo": cfg.algo, "demos": cfg.demos, "seed": cfg.seed,
+        "reward": {"source": cfg.reward.source, "shaping": cfg.reward.shaping, "weight": cfg.reward.weight,
+                   "model": str(cfg.reward.model), "adapt_steps": cfg.adapt.steps, "kind": cfg.reward.kind,
                    **({"success_model": str(cfg.reward.success_model),
                        "success_threshold": cfg.reward.success_threshold} if cfg.reward.source == "success_prob" else {})},
         "final_success_rate": final["success_rate"], "final_eval_episodes": final["episodes"],
@@ -42,7 +42,7 @@ def write_train_report(run: Path, cfg, state: RunState, final: dict, demo_terms:
         "evals": state.evals,
         "first_episode_at_full_success": next((e["episode"] for e in state.evals if e["success_rate"] >= 1.0), None),
         "train_success_rate_last_20": float(np.mean([h["success"] for h in hist[-20:]])) if hist else None,
-        "hacking_monitor": {"threshold": float(cfg.reward.hacking_progress), "episodes": len(hacked),
+        "hacking_monitor": {"threshold": cfg.reward.hacking_progress, "episodes": len(hacked),
                             "of": len(hist), "episode_ids": hacked},
         "imitated_episodes": sum(bool(h.get("imitated")) for h in hist),
         "demo_final_progress": [float(t["final_progress"]) for t in demo_terms],

@@ -26,7 +26,7 @@ from policies.episode import EpisodeRecord
 def success_threshold(cfg, judge) -> float:
     """``reward.success_threshold``, or (null) the success model's own threshold chosen on its validation frames."""
     if cfg.reward.success_threshold is not None:
-        return float(cfg.reward.success_threshold)
+        return cfg.reward.success_threshold
     thr = getattr(getattr(judge, "cfg", None), "threshold", None)
     if thr is None:
         raise TrainConfigError(f"reward.success_threshold=null but the success model {cfg.reward.success_model} "
@@ -52,7 +52,7 @@ class RewardPipeline:
 
     def __init__(self, cfg, model, instruction: str, reference: Any = None) -> None:
         self.cfg, self.model, self.instruction, self.reference = cfg, model, instruction, reference
-        self.gamma = float(cfg.agent.gamma)
+        self.gamma = cfg.agent.gamma
 
     @property
     def needs_frames(self) -> bool:

@@ -52,7 +52,7 @@ def plan_rig(cfg, model, judge, uses_model: bool) -> Rig:
         cameras = tuple(cfg.reward.get("cameras") or ("corner", "corner2", "gripperPOV"))
         model_size = int(cfg.reward.get("image_size") or 96)
     image_size = int(cfg.image_size or model_size)
-    view = PolicyView(cfg.policy_cameras or cameras, int(cfg.policy_image_size)) if cfg.policy == "image" else None
+    view = PolicyView(cfg.policy_cameras or cameras, cfg.policy_image_size) if cfg.policy == "image" else None
     score_cams = list(cameras) if uses_model else []
     if judge is not None:
         if judge.image_size[0] != image_size:
@@ -72,7 +72,7 @@ def collect_demos(cfg, run: Path, cameras: tuple[str, ...], image_size: int) -> 
     from sim.collect import collect
 
     return Path(collect(tool_config("collect", {
-        "task": cfg.task, "episodes": int(cfg.demos), "seed": 0, "split": "demo", "out": str(run / "demos"),
+        "task": cfg.task, "episodes": cfg.demos, "seed": 0, "split": "demo", "out": str(run / "demos"),
         "cameras": list(cameras), "image_size": int(image_size), "failures": 0,
     })))
 
@@ -100,7 +100,7 @@ def fit_perceptual_model(cfg, run: Path, demo_store: Path):
 
 
 def adapt_progress_model(cfg, run: Path, demo_store: Path):
-    """Stage 2: the progress model, fine-tuned on ONE demonstration (``reward.adapt_steps``) through
+    """Stage 2: the progress model, fine-tuned on ONE demonstration (``adapt.steps``) through
     stepwise-train-rm's training, into ``<run>/reward_model``."""
     import reward_models
     from reward_models.train import train as train_rm
@@ -110,14 +110,14 @@ def adapt_progress_model(cfg, run: Path, demo_store: Path):
     out = run / "reward_model"
     if (out / "adapted.done").exists():
         return reward_models.load(out)
-    if int(cfg.reward.adapt_steps) <= 0:
+    if cfg.adapt.steps <= 0:
         return reward_models.load(cfg.reward.model)
     model = train_rm(tool_config("train_rm", {
         "init": str(cfg.reward.model), "data": str(demo_store), "out": str(out), "max_episodes_per_task": 1,
-        "steps": int(cfg.reward.adapt_steps), "lr": float(cfg.reward.adapt_lr), "val_every_nth": 0,
-        "checkpoint_every": 50, "seed": int(cfg.seed), "num_threads": offline_threads(cfg),
+        "steps": cfg.adapt.steps, "lr": cfg.adapt.lr, "val_every_nth": 0,
+        "checkpoint_every": 50, "seed": cfg.seed, "num_threads": offline_threads(cfg),
     }, reward="step_prm"))
-    (out / "adapted.done").write_text(json.dumps({"from": str(cfg.reward.model), "steps": int(cfg.reward.adapt_steps)}))
+    (out / "adapted.done").write_text(json.dumps({"from": str(cfg.reward.model), "steps": cfg.adapt.steps}))
     return model
 
 
@@ -139,10 +139,10 @@ def make_envs(cfg, rig: Rig, judge=None, instruction: str = ""):
     else:
         robot_kw = {"robot": "remote", **{k: v for k, v in robot_cfg.items() if k != "driver"}}
     image_policy = rig.view is not None  # its envs carry no state: it cannot read what a robot lacks
-    steps = int(cfg.online.max_steps)
+    steps = cfg.online.max_steps
     env = make_env(cfg.task, cameras=rig.env_cams, image_size=rig.render_size, max_episode_steps=steps,
                    terminate_on_success=True, reward_mode="sim_dense" if cfg.reward.source == "sim_dense" else "sparse",
-                   success_reward=float(cfg.reward.success_reward), split="train", include_state=not image_policy,
+                   success_reward=cfg.reward.success_reward, split="train", include_state=not image_policy,
                    **robot_kw)
     if success_fn is not None:
         env.success_fn = success_fn

@@ -21,7 +21,7 @@ from sim.tasks import UnknownTaskError
 # a tiny job: one demo, no camera-based reward, short episodes
 SMALL = ["demos=1", "reward.shaping=none", "pretrain.bc_steps=20", "pretrain.steps=10", "online.max_steps=30",
          "online.episodes=2", "eval.every=1", "eval.episodes=1", "eval.final_episodes=2", "agent.batch_size=32",
-         "agent.hidden_sizes=[32,32]", "reward.adapt_steps=0"]
+         "agent.hidden_sizes=[32,32]", "adapt.steps=0"]
 
 
 def cfg_of(*overrides: str):
@@ -90,7 +90,7 @@ def test_small_job_reports_and_resumes(tmp_path):
 # the image policy: 16 px frames of the 3-camera rig, rendered at that size (no camera-based reward)
 IMAGE = ["policy=image", "policy_image_size=16", "demos=1", "reward.shaping=none", "agent.hidden_sizes=[32,32]",
          "agent.batch_size=16", "pretrain.bc_steps=5", "pretrain.steps=3", "online.episodes=2", "online.max_steps=20",
-         "eval.every=1", "eval.episodes=1", "eval.final_episodes=1", "reward.adapt_steps=0", "offline_threads=1"]
+         "eval.every=1", "eval.episodes=1", "eval.final_episodes=1", "adapt.steps=0", "offline_threads=1"]
 
 
 def test_image_policy_job_never_sees_the_state_and_resumes(tmp_path, monkeypatch):
@@ -226,11 +226,11 @@ def test_success_from_the_vlm_classifier_is_learned_and_checked_against_ground_t
 
 def test_reward_vlm_success_preset_learns_from_the_classifier_alone(tmp_path):
     """stepwise-train reward=vlm_success: the classifier (its own calibrated threshold) gives success and
-    termination; its keys that clash with the step-PRM's keep their learner meaning; with shaping=none no
+    termination; the classifier's own training keys do not touch the progress model's adaptation (adapt.*); with shaping=none no
     progress model is loaded or adapted; the disagreements with the simulator are counted."""
     cfg = cfg_of("reward=vlm_success")
     assert (cfg.reward.kind, cfg.reward.source, cfg.reward.success_model) == ("vlm_success", "success_prob", "vlm-general")
-    assert cfg.reward.adapt_steps == 150 and cfg.reward.shaping == "progress"  # the progress model's, not the classifier's 300
+    assert cfg.adapt.steps == 150 and cfg.reward.shaping == "progress"  # the progress model's, beside the classifier's 300
     with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):  # stepwise-train-rm keeps the classifier's
         rm = compose("train_rm", overrides=["reward=vlm_success", "data=x", "out=y"])
     assert rm.reward.adapt_steps == 300 and "source" not in rm.reward
@@ -251,8 +251,7 @@ def test_reward_vlm_success_preset_learns_from_the_classifier_alone(tmp_path):
 def test_reward_vlm_success_combines_with_progress_shaping(tmp_path):
     """reward=vlm_success with its default shaping: success from the classifier, the potential from the
     step-PRM `general` (zero-shot here, to keep the test short); both terms reach the reward."""
-    over = [o for o in SMALL if not o.startswith("reward.")] + ["reward=vlm_success", "reward.adapt_steps=0",
-                                                                "online.episodes=1"]
+    over = [o for o in SMALL if not o.startswith("reward.")] + ["reward=vlm_success", "online.episodes=1"]
     report = run(cfg_of(*over), tmp_path / "run")
     row = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=False)["state"]["history"][0]
     assert row["shaping"] != 0.0 and 0.0 <= row["final_progress"] <= 1.0

@@ -3,7 +3,7 @@
 The job, in order (each stage resumes after a kill):
 1. collect ``demos`` scripted-expert demonstrations (demo split) into ``<run>/demos/``;
 2. load the progress model (``reward.model``, the shipped ``general`` by default) and adapt it
-   on ONE demonstration (``reward.adapt_steps``) into ``<run>/reward_model/``;
+   on ONE demonstration (``adapt.steps``) into ``<run>/reward_model/``;
 3. pre-train the agent on the demonstrations: a behaviour-cloning warm start of the actor, then
    Cal-QL updates (conservative term lower-bounded by Monte-Carlo returns of the SAME shaped
    rewards the critic learns) with the BC term;
@@ -59,10 +59,10 @@ def run(cfg, run_dir: str | Path) -> dict:
     from policies.replay import MixedReplay
     from sim.tasks import get_task
 
-    check_config(cfg)
+    cfg = check_config(cfg)  # typed once (a wrong type names its key): no casts below
     run = Path(run_dir)
     run.mkdir(parents=True, exist_ok=True)
-    torch.set_num_threads(int(cfg.threads))
+    torch.set_num_threads(cfg.threads)
     spec = get_task(cfg.task)
     cfg_dict = OmegaConf.to_container(cfg, resolve=True)
     ckpt_path = run / "checkpoint.pt"
@@ -85,7 +85,7 @@ def run(cfg, run_dir: str | Path) -> dict:
         t0 = time.perf_counter()
         model = adapt_progress_model(cfg, run, demo_store)
         stage_done("adapt_reward_model", t0)
-    records = demo_records(demo_store, list(rig.cameras) if uses_model else [], float(cfg.reward.success_reward), view)
+    records = demo_records(demo_store, list(rig.cameras) if uses_model else [], cfg.reward.success_reward, view)
     if model is not None and cfg.reward.perspective == "backward":
         from episodes import EpisodeStore
 
@@ -106,21 +106,21 @@ def run(cfg, run_dir: str | Path) -> dict:
         demo_terms.append(terms)
         add_to_replay(offline, rec, terms)
     demo_rows = len(offline)  # rows beyond these are imitated online episodes (online.imitate_successes)
-    online = new_buffer(int(cfg.online.capacity))
-    rng = np.random.default_rng(int(cfg.seed))
-    torch.manual_seed(int(cfg.seed))
+    online = new_buffer(cfg.online.capacity)
+    rng = np.random.default_rng(cfg.seed)
+    torch.manual_seed(cfg.seed)
     if ckpt:
         online = resume_learner(run, ckpt, agent, online, offline, rng, image_policy, imitate)
         log.info("resumed %s at phase %s, episode %d (%d env steps)", run, state.phase, state.episode, state.env_steps)
     use_demos = cfg.algo in ("calql", "bc")
     mixer = MixedImageReplay if image_policy else MixedReplay
     replay = mixer(offline if use_demos else new_buffer(1), online,
-                   float(cfg.online.offline_fraction) if use_demos else 0.0)
+                   cfg.online.offline_fraction if use_demos else 0.0)
     if not use_demos:
         agent.cfg.bc_weight = 0.0  # online-only baseline: no demonstrations reach the agent
     writer = SummaryWriter(str(run / "tb"))
-    eval_seeds = list(range(int(cfg.eval.episodes)))
-    batch_rows = int(cfg.agent.batch_size) * int(cfg.agent.utd_ratio)
+    eval_seeds = list(range(cfg.eval.episodes))
+    batch_rows = cfg.agent.batch_size * cfg.agent.utd_ratio
 
     def checkpoint() -> None:
         state.wall_time_s = wall_before + time.perf_counter() - session_start
@@ -142,24 +142,24 @@ def run(cfg, run_dir: str | Path) -> dict:
         t0 = time.perf_counter()
         torch.set_num_threads(offline_threads(cfg))
         if use_demos:
-            bc_warm_start(agent, offline, int(cfg.pretrain.bc_steps), int(cfg.agent.batch_size), rng, writer)
+            bc_warm_start(agent, offline, cfg.pretrain.bc_steps, cfg.agent.batch_size, rng, writer)
         if cfg.algo == "calql":
-            calql_pretrain(agent, offline, int(cfg.pretrain.steps), batch_rows, rng, writer)
+            calql_pretrain(agent, offline, cfg.pretrain.steps, batch_rows, rng, writer)
         stage_done("pretrain", t0)
         state.phase = "online" if cfg.algo != "bc" else "done"
         run_eval(eval_seeds)
         checkpoint()
-    agent.cql_alpha = float(cfg.online.cql_alpha)
-    torch.set_num_threads(int(cfg.threads))
+    agent.cql_alpha = cfg.online.cql_alpha
+    torch.set_num_threads(cfg.threads)
 
     # -- stage 4: online fine-tuning ------------------------------------------------------------
-    n_episodes = int(cfg.online.episodes) if cfg.algo != "bc" else 0
+    n_episodes = cfg.online.episodes if cfg.algo != "bc" else 0
     if state.phase == "done" and state.episode < n_episodes:  # resumed with more episodes: extend the run
         state.phase = "online"
     bar = tqdm(total=n_episodes, initial=state.episode, desc="online", unit="ep")
     t_online = time.perf_counter()
     while state.phase == "online" and state.episode < n_episodes:
-        anneal_bc(agent, state.episode, int(cfg.online.bc_anneal_episodes), float(cfg.online.bc_final))
+        anneal_bc(agent, state.episode, cfg.online.bc_anneal_episodes, cfg.online.bc_final)
         rec, stats = run_episode(cfg, env, agent, replay, rng, state, batch_rows, rig.score_cams, view)
         terms = pipeline(rec)
         add_to_replay(online, rec, terms)
@@ -177,7 +177,7 @@ def run(cfg, run_dir: str | Path) -> dict:
         state.episode += 1
         bar.update(1)
         bar.set_postfix(success=rec.success, steps=state.env_steps, alpha=f"{agent.alpha:.3f}")
-        if state.episode % int(cfg.eval.every) == 0 or state.episode == n_episodes:
+        if state.episode % cfg.eval.every == 0 or state.episode == n_episodes:
             run_eval(eval_seeds)
             checkpoint()
     bar.close()
@@ -187,7 +187,7 @@ def run(cfg, run_dir: str | Path) -> dict:
         checkpoint()
 
     # -- stage 5: final evaluation and report ---------------------------------------------------
-    final = evaluate(agent, eval_env, list(range(int(cfg.eval.final_episodes))), observe)
+    final = evaluate(agent, eval_env, list(range(cfg.eval.final_episodes)), observe)
     state.wall_time_s = wall_before + time.perf_counter() - session_start
     seen = ({"cameras": view.cameras, "image_size": list(view.image_size), "render_size": rig.render_size}
             if image_policy else None)
