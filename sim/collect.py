@@ -12,6 +12,7 @@ and opens the gripper).
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -134,7 +135,8 @@ def record_episode(
         },
         seed=plan.seed,
         kind=plan.kind,
-        extra_attrs={"split": task.split, "noise": noise if plan.kind == "expert" else failure_noise},
+        extra_attrs={"split": task.split, "noise": noise if plan.kind == "expert" else failure_noise,
+                     **({} if task.look is None else {"look": json.dumps(task.look, sort_keys=True)})},
     )
 
 
@@ -183,13 +185,19 @@ def plan_episodes(
 def collect(cfg) -> str:
     """Collect the episodes ``cfg`` asks for into ``<cfg.out>/<task>.hdf5``; resumes a partial store.
 
-    Returns the store's path.
+    With ``randomize`` on (e.g. ``randomize=corpus``) each episode is rendered with its own look,
+    drawn from ``(randomize_seed, split, seed)`` (so a resumed run redraws the same looks); the look
+    is stored as the episode attr ``look`` (a JSON string: the store keeps scalar attrs only) and the
+    bounds under ``env_args["randomize"]``. Returns the store's path.
     """
     from pathlib import Path
 
     from tqdm import tqdm
 
+    from omegaconf import OmegaConf
+
     from episodes import EpisodeWriter, StoreError
+    from sim.randomize import from_config
     from sim.tasks import get_task
 
     spec = get_task(cfg.task)
@@ -203,8 +211,14 @@ def collect(cfg) -> str:
         "quality": cfg.quality,
         "split": cfg.split,
     }
+    raw = cfg.get("randomize")
+    randomization = from_config(OmegaConf.to_container(raw) if OmegaConf.is_config(raw) else raw)
+    if randomization.enabled:  # off stores keep their env_args as before, so they still resume
+        env_args["randomize"] = randomization.as_dict()
+        env_args["randomize_seed"] = int(cfg.get("randomize_seed", 0))
     task = SimTask(spec, cameras=list(cfg.cameras), image_size=int(cfg.image_size),
-                   quality=cfg.quality, split=cfg.split)
+                   quality=cfg.quality, split=cfg.split, randomize=randomization,
+                   randomize_seed=int(cfg.get("randomize_seed", 0)))
     try:
         try:  # open first: a store of other settings should fail before any simulation
             writer = EpisodeWriter(path, env_args=env_args)

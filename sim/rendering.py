@@ -23,6 +23,8 @@ if not os.environ.get("DISPLAY") and not os.environ.get("WAYLAND_DISPLAY"):
 import mujoco  # noqa: E402
 import numpy as np  # noqa: E402
 
+from sim.randomize import Look, LookApplier, LookTargets  # noqa: E402
+
 QUALITIES = ("fast", "high")
 # Skybox, fog and haze cost ~5% together and change the background: keep them as shipped.
 _FAST_OFF_FLAGS = ("mjRND_SHADOW", "mjRND_REFLECTION")
@@ -205,6 +207,7 @@ class CameraRig:
         render_model.vis.global_.offwidth = max(render_model.vis.global_.offwidth, width)
         render_model.vis.global_.offheight = max(render_model.vis.global_.offheight, height)
         self._renderer = None
+        self._look: LookApplier | None = None  # built on first use: nothing changes while looks are off
         _preload_triton()
         try:
             self._renderer = mujoco.Renderer(render_model, height, width)
@@ -229,13 +232,58 @@ class CameraRig:
         """The rig's camera names, in render order."""
         return self.config.cameras
 
+    @property
+    def render_model(self) -> mujoco.MjModel:
+        """The model the rig draws (with ``quality=fast`` a decimated copy of the physics model)."""
+        return self._renderer.model
+
+    @property
+    def look_targets(self) -> LookTargets:
+        """What a look is drawn for here: the rig's cameras, the scene's lights and colour parts."""
+        return self._applier().targets
+
+    @property
+    def look(self) -> Look | None:
+        """The look on the rig now (None: the scene as built)."""
+        return None if self._look is None else self._look.look
+
+    def _applier(self) -> LookApplier:
+        if self._look is None:
+            self._look = LookApplier(self._renderer.model, self.config.cameras)
+        return self._look
+
+    def apply_look(self, look: Look | None) -> None:
+        """Render with ``look`` (``sim.randomize``) from now on, relative to the scene as built; None
+        restores it. Only the render model and scene change: the physics never sees a look."""
+        if look is None and self._look is None:
+            return
+        self._applier().apply(look)
+
     def render(self, data: mujoco.MjData) -> dict[str, np.ndarray]:
         """Render every camera of the rig for the current ``data``: camera -> uint8 (H, W, 3)."""
         images = {}
+        if self.look is None:
+            for name in self.config.cameras:
+                self._renderer.update_scene(data, camera=name)
+                images[name] = self._renderer.render()  # a fresh array each call
+            return images
         for name in self.config.cameras:
             self._renderer.update_scene(data, camera=name)
-            images[name] = self._renderer.render()  # a fresh array each call
+            self._look.edit_scene(self._renderer.scene, name)
+            images[name] = self._look.add_noise(self._renderer.render())
         return images
+
+    def view_pose(self, data: mujoco.MjData, camera: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Where ``camera`` renders from for ``data``, the look included: ``(position, forward, up)``,
+        float64 (3,) each, in world coordinates."""
+        if camera not in self.config.cameras:
+            raise CameraError(f"camera {camera!r} is not in this rig: use one of {list(self.config.cameras)}")
+        self._renderer.update_scene(data, camera=camera)
+        if self.look is not None:
+            self._look.edit_scene(self._renderer.scene, camera)
+        eyes = self._renderer.scene.camera
+        pos = (np.array(eyes[0].pos, np.float64) + np.array(eyes[1].pos, np.float64)) / 2
+        return pos, np.array(eyes[0].forward, np.float64), np.array(eyes[0].up, np.float64)
 
     def close(self) -> None:
         """Free the GL context (idempotent)."""

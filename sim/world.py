@@ -9,15 +9,21 @@ Here the seed draws the variant (object and goal positions) itself, from a rando
 ``(seed, split)``: the ``demo``, ``train`` and ``eval`` splits use independent streams, so the
 same integer seed never gives the same variant in two splits, and evaluation never replays a
 demonstration's scene.
+
+Looks. With ``randomize=`` on, each seeded reset also draws a visual look (``sim.randomize``: lights,
+camera jitter, colours, noise) from its own stream keyed by ``(randomize_seed, split, seed)``, never
+from the variant stream: turning randomisation on leaves every object placement as it was.
 """
 
 from __future__ import annotations
 
 import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
 
+from sim.randomize import Look, Randomization, draw_look, from_config
 from sim.rendering import CameraRig, make_cameras_upright
 from sim.tasks import TaskSpec, get_task
 
@@ -77,6 +83,11 @@ class SimTask:
         image_size: int or ``(height, width)``.
         quality: ``fast`` (default) or ``high`` render settings (see ``sim.rendering``).
         split: which variant stream seeds draw from: ``demo``, ``train`` or ``eval``.
+        randomize: visual randomisation bounds (a :class:`sim.randomize.Randomization` or a mapping of
+            them, see ``sim.randomize.from_config``); None (the default) renders the scene as built. A
+            task without cameras never draws a look.
+        randomize_seed: keys the look stream together with the split and each episode's seed; a
+            fresh one gives fresh looks of the same variants (e.g. for a robustness benchmark).
     """
 
     def __init__(
@@ -86,12 +97,19 @@ class SimTask:
         image_size: int | tuple[int, int] = 96,
         quality: str = "fast",
         split: str = "train",
+        randomize: Randomization | Mapping | None = None,
+        randomize_seed: int = 0,
     ) -> None:
         from metaworld.env_dict import ALL_V3_ENVIRONMENTS_GOAL_OBSERVABLE
 
         self.spec = task if isinstance(task, TaskSpec) else get_task(task)
         variant_rng(0, split)  # validates the split name early
         self.split = split
+        self.randomization = from_config(randomize)
+        if not isinstance(randomize_seed, (int, np.integer)) or isinstance(randomize_seed, bool) or randomize_seed < 0:
+            raise ValueError(f"randomize_seed must be a non-negative int, got {randomize_seed!r}")
+        self.randomize_seed = int(randomize_seed)
+        self._look_key: tuple[int, int] | None = None  # (last seed, unseeded resets since)
         env_cls = ALL_V3_ENVIRONMENTS_GOAL_OBSERVABLE[f"{self.spec.env_id}-goal-observable"]
         self._env = env_cls()
         # This object owns the time limit; Meta-World must never raise at its own.
@@ -111,12 +129,22 @@ class SimTask:
         """Start an episode. ``seed`` picks the variant (and everything random) deterministically.
 
         Without a seed the variant is the next one of the stream started by the last seed (or a
-        fresh random stream if there never was one), as gymnasium envs behave.
+        fresh random stream if there never was one), as gymnasium envs behave. With randomisation on,
+        the look is drawn from ``(randomize_seed, split, seed)`` (an unseeded reset: from the last
+        seed and how many unseeded resets followed it).
         """
         if seed is not None:
             self._episode_rng = variant_rng(seed, self.split)
+            self._look_key = (int(seed), 0)
         elif self._episode_rng is None:
-            self._episode_rng = variant_rng(int(np.random.SeedSequence().entropy % 2**63), self.split)
+            fresh = int(np.random.SeedSequence().entropy % 2**63)
+            self._episode_rng = variant_rng(fresh, self.split)
+            self._look_key = (fresh, 0)
+        else:
+            self._look_key = (self._look_key[0], self._look_key[1] + 1)
+        if self.rig is not None and self.randomization.enabled:
+            key = (self.randomize_seed, SPLITS[self.split], *self._look_key)
+            self.rig.apply_look(draw_look(self.randomization, key, self.rig.look_targets))
         env = self._env
         # Draw the variant from our stream through Meta-World's own (rejection-sampling) reset.
         env._freeze_rand_vec = False
@@ -128,12 +156,16 @@ class SimTask:
         self._state = obs
         self._signals = StepSignals(False, 0.0, {k: 0.0 for k in _SIGNAL_KEYS})
 
-    def reset_to_variant(self, variant: np.ndarray) -> None:
+    def reset_to_variant(self, variant: np.ndarray, look: Look | Mapping | None = None) -> None:
         """Reset to the scene variant ``variant`` (object placement, e.g. another task's ``variant``).
 
         Two tasks built on one scene (see :attr:`scene`) reset to one variant place the scene alike,
-        so that either can judge it (``sim.task_pair``).
+        so that either can judge it (``sim.task_pair``). The look stays as it is unless ``look`` (a
+        :class:`sim.randomize.Look` or its dict, e.g. another task's :attr:`look`) is given; a task
+        pair's looks meet in :meth:`adopt`, which takes the other task's look with its simulation.
         """
+        if look is not None:
+            self._put_look(look)
         env = self._env
         env._last_rand_vec = np.array(variant, dtype=np.float64)
         env._freeze_rand_vec = True  # Meta-World's reset then places the scene from _last_rand_vec
@@ -145,9 +177,12 @@ class SimTask:
     def adopt(self, other: SimTask) -> StepSignals:
         """Continue ``other``'s simulation (a task on the same :attr:`scene`): copy its physics state
         (joints, velocities, mocap, controls), then judge it with this task's own success test.
+        The look continues too: this task renders with ``other``'s look (none if it has none).
         Returns this task's signals of that state (dense reward 0: no action was taken)."""
         import mujoco
 
+        if self.rig is not None:
+            self.rig.apply_look(None if other.look is None else Look.from_dict(other.look))
         (_, src), (model, dst) = other.physics, self.physics
         for name in ("qpos", "qvel", "act", "ctrl", "mocap_pos", "mocap_quat"):
             getattr(dst, name)[:] = getattr(src, name)
@@ -181,6 +216,17 @@ class SimTask:
         if self.rig is None:
             raise RuntimeError(f"task {self.spec.name} was built without cameras; pass cameras=[...]")
         return self.rig.render(self._env.data)
+
+    def _put_look(self, look: Look | Mapping) -> None:
+        if self.rig is not None:
+            self.rig.apply_look(look if isinstance(look, Look) else Look.from_dict(look))
+
+    @property
+    def look(self) -> dict | None:
+        """The current look as a JSON-serialisable dict (``sim.randomize.Look.to_dict``); None when
+        frames are rendered as built (randomisation off, or no cameras)."""
+        look = None if self.rig is None else self.rig.look
+        return None if look is None else look.to_dict()
 
     @property
     def state(self) -> np.ndarray:
