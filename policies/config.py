@@ -116,32 +116,43 @@ class TrainSettings:
     eval: EvalSettings = field(default_factory=EvalSettings)
 
 
-def typed_config(cfg):
-    """``cfg`` (a composed stepwise-train config) checked against `TrainSettings` and converted to its
-    types; a wrong type, a missing value or a key the job does not know raises `TrainConfigError` naming it."""
+def typed_settings(cfg, schema: type, error: type[Exception], source: str, prefix: str = ""):
+    """``cfg`` (a composed config, or a mapping) merged into the dataclass ``schema`` (its fields MISSING
+    where the YAML holds the default) and converted to its types. A wrong type, a missing value or a key
+    the schema does not know raises ``error`` naming the key (after ``prefix``) and ``source`` (the YAML
+    that documents each field)."""
     from omegaconf import OmegaConf
     from omegaconf.errors import OmegaConfBaseException
 
-    if OmegaConf.is_config(cfg) and OmegaConf.get_type(cfg) is TrainSettings:
+    if OmegaConf.is_config(cfg) and OmegaConf.get_type(cfg) is schema:
         return cfg
     plain = OmegaConf.to_container(cfg, resolve=True) if OmegaConf.is_config(cfg) else dict(cfg)
     plain.pop("hydra", None)
-    reward = dict(plain.get("reward") or {})
-    learner = {f.name: reward[f.name] for f in fields(RewardSettings) if f.name in reward}
-    prefix = "reward."
     try:
-        typed_reward = OmegaConf.merge(OmegaConf.structured(RewardSettings), learner)
-        OmegaConf.to_container(typed_reward, throw_on_missing=True)
-        plain["reward"] = {**reward, **OmegaConf.to_container(typed_reward)}
-        prefix = ""
-        typed = OmegaConf.merge(OmegaConf.structured(TrainSettings), plain)
+        typed = OmegaConf.merge(OmegaConf.structured(schema), plain)
         OmegaConf.to_container(typed, throw_on_missing=True)
     except OmegaConfBaseException as err:
         key = prefix + str(getattr(err, "full_key", "") or "")
         msg = str(getattr(err, "msg", None) or err).splitlines()[0]
-        raise TrainConfigError(f"{key or 'the config'}: {msg} (configs/train.yaml gives each field's type and "
-                               "meaning)") from err
+        raise error(f"{key or 'the config'}: {msg} ({source} gives each field's type and meaning)") from err
     return typed
+
+
+def typed_config(cfg):
+    """``cfg`` (a composed stepwise-train config) checked against `TrainSettings` and converted to its
+    types; a wrong type, a missing value or a key the job does not know raises `TrainConfigError` naming it.
+    The ``reward`` block is typed by `RewardSettings` for the learner's keys (the reward model's own keys
+    pass through)."""
+    from omegaconf import OmegaConf
+
+    if OmegaConf.is_config(cfg) and OmegaConf.get_type(cfg) is TrainSettings:
+        return cfg
+    plain = OmegaConf.to_container(cfg, resolve=True) if OmegaConf.is_config(cfg) else dict(cfg)
+    reward = dict(plain.get("reward") or {})
+    learner = {f.name: reward[f.name] for f in fields(RewardSettings) if f.name in reward}
+    typed_reward = typed_settings(learner, RewardSettings, TrainConfigError, "configs/train.yaml", prefix="reward.")
+    plain["reward"] = {**reward, **OmegaConf.to_container(typed_reward)}
+    return typed_settings(plain, TrainSettings, TrainConfigError, "configs/train.yaml")
 
 
 def check_config(cfg):

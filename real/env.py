@@ -18,6 +18,7 @@ from real.robot import GroundTruth, Observation, Robot
 # name -> "module:Class" (or a factory function); the vendor drivers import their SDKs lazily.
 DRIVERS: dict[str, str] = {
     "sim": "real.sim_driver:SimRobot",
+    "sim_pair": "real.sim_driver:SimPairRobot",  # a task pair's shared scene (reset-free learning)
     "remote": "real.remote:remote_robot",
     "ur": "real.drivers.ur:URRobot",
     "xarm": "real.drivers.xarm:XArmRobot",
@@ -194,7 +195,6 @@ def make_env(
             none and need one. Remote robots are filtered by their server.
         **robot_kwargs: passed to the driver (``robot=remote``: ``host``, ``port``, ``token``).
     """
-    from real.safety import SafeRobot
     from sim import get_task  # the registry: names and instructions
 
     spec = get_task(task)
@@ -205,15 +205,9 @@ def make_env(
         )
     elif robot == "remote":
         robot_kwargs.setdefault("task", spec.name)
-    driver = make_robot(robot, **robot_kwargs)
+    driver = make_safe_robot(robot, safety, **robot_kwargs)
     if robot == "remote":
-        _check_served(driver, cameras, image_size)
-    if robot not in SAFETY_ELSEWHERE:
-        if safety is None:
-            safety = getattr(type(driver), "DEFAULT_SAFETY", None)
-            if safety is None:
-                raise ValueError(f"robot={robot!r} has no default safety limits: pass safety=... (see configs/robot/{robot}.yaml)")
-        driver = SafeRobot(driver, safety)
+        check_served(driver, cameras, image_size)
     return RobotEnv(
         driver,
         instruction=spec.instruction,
@@ -224,8 +218,26 @@ def make_env(
     )
 
 
-def _check_served(driver: Robot, cameras, image_size) -> None:
-    """A remote robot must serve the cameras and image size the caller asked for."""
+def make_safe_robot(robot: str, safety: Any = None, **robot_kwargs: Any) -> Robot:
+    """The driver ``robot`` (see `make_robot`) behind its safety layer (`real.safety.SafeRobot`):
+    ``safety`` (``SafetyLimits`` or its mapping), or the driver's ``DEFAULT_SAFETY`` when ``None``;
+    hardware drivers have none and need one. A remote robot is returned as it is: its server filters
+    every command on the robot side."""
+    from real.safety import SafeRobot
+
+    driver = make_robot(robot, **robot_kwargs)
+    if robot in SAFETY_ELSEWHERE:
+        return driver
+    if safety is None:
+        safety = getattr(type(driver), "DEFAULT_SAFETY", None)
+        if safety is None:
+            raise ValueError(f"robot={robot!r} has no default safety limits: pass safety=... (see configs/robot/{robot}.yaml)")
+    return SafeRobot(driver, safety)
+
+
+def check_served(driver: Robot, cameras, image_size) -> None:
+    """A remote robot must serve the cameras and image size the caller asked for (ValueError naming
+    the server setting that fixes it)."""
     spec = driver.observation_spec
     if cameras is not None:
         missing = [c for c in cameras if c not in spec.cameras]

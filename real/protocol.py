@@ -7,7 +7,9 @@ h, w], ...]}`` with the images' uint8 bytes as the following frames, in the same
 
 Ops: ``hello`` (specs, task, whether the robot knows ground truth), ``reset`` (seed; homing),
 ``act`` (action -> applied action, safety events, observation, task signals), ``observe``,
-``arm`` (allow motion again after a stop), ``stop`` (controlled stop, disarms), ``stats``.
+``arm`` (allow motion again after a stop), ``stop`` (controlled stop, disarms), ``stats``,
+``select_task`` (index: a robot serving several tasks in one scene asks for another without a reset;
+observation and task signals of the new task; refused by single-task robots).
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from typing import Any
 import numpy as np
 
 VERSION = 1
-OPS = ("hello", "reset", "act", "observe", "arm", "stop", "stats")
+OPS = ("hello", "reset", "act", "observe", "arm", "stop", "stats", "select_task")
 # reply codes other than "ok"
 CODES = ("bad_request", "version", "unauthorized", "disarmed", "superseded", "robot_error")
 

@@ -147,6 +147,30 @@ class RemoteRobot:
         return ActionSpec(dim=int(a["dim"]), names=tuple(a["names"]), low=a["low"], high=a["high"],
                           ee_step_m=a["ee_step_m"], control_hz=a["control_hz"])
 
+    @property
+    def tasks(self) -> tuple[str, ...]:
+        """Every task the served robot is set up for (one unless it serves a task pair)."""
+        info = self.server_info
+        return tuple(info.get("tasks") or [info.get("task")])
+
+    @property
+    def instructions(self) -> tuple[str, ...]:
+        """Each served task's instruction."""
+        info = self.server_info
+        return tuple(info.get("instructions") or [info.get("instruction", "")])
+
+    @property
+    def task_index(self) -> int:
+        """The task the served robot is asked now (0 for a single-task robot)."""
+        return int(self.server_info.get("task_index", 0))
+
+    def select_task(self, index: int) -> None:
+        """Ask the served robot for task ``index`` without a reset (`real.robot.MultiTask`); a robot that
+        serves one task refuses (ValueError naming the fix)."""
+        header, obs = self._call("select_task", index=int(index))
+        self._obs, self._signals = obs, header.get("signals")
+        self._hello = {**self.server_info, **{k: header[k] for k in ("task", "instruction", "task_index") if k in header}}
+
     def reset(self, seed: int | None = None) -> Observation:
         """Reset (homing on hardware) and re-arm the server: a new episode is an explicit start."""
         self.connect()

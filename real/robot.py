@@ -107,3 +107,28 @@ class GroundTruth(Protocol):
 
     def task_signals(self) -> dict[str, float]:
         """``{"success": 0/1, ...}`` plus simulator-only signals under ``sim/`` keys."""
+
+
+@runtime_checkable
+class MultiTask(Protocol):
+    """Drivers set up for several tasks in one continuing scene (a reset-free pair: open the drawer,
+    close it) also implement this. Selecting a task changes what is being asked, never the scene.
+
+    The privileged ``state`` and ``task_signals()`` (where the driver has them) judge the selected task.
+    """
+
+    @property
+    def tasks(self) -> tuple[str, ...]:
+        """The registered names of the tasks, in index order."""
+
+    @property
+    def instructions(self) -> tuple[str, ...]:
+        """Each task's instruction, in index order."""
+
+    @property
+    def task_index(self) -> int:
+        """The selected task."""
+
+    def select_task(self, index: int) -> None:
+        """Make task ``index`` the current one WITHOUT a reset: the scene continues from where it is.
+        The next ``reset`` starts the selected task's own start state."""

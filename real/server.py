@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from real import protocol
-from real.robot import GroundTruth, Robot
+from real.robot import GroundTruth, MultiTask, Robot
 from real.safety import SafeRobot, SafetyLimits
 
 log = logging.getLogger(__name__)
@@ -259,11 +259,18 @@ class RobotServer:
     def _signals(self) -> dict | None:
         return {k: float(v) for k, v in self.robot.task_signals().items()} if isinstance(self.robot, GroundTruth) else None
 
+    def _tasks(self) -> dict:
+        """What the robot is asked now: its task and instruction (all of them for a `MultiTask` robot)."""
+        if isinstance(self.robot, MultiTask):
+            i = int(self.robot.task_index)
+            return {"task": self.robot.tasks[i], "instruction": self.robot.instructions[i], "task_index": i,
+                    "tasks": list(self.robot.tasks), "instructions": list(self.robot.instructions)}
+        return {"task": self.task, "instruction": self.instruction}
+
     def _op_hello(self, ident, req) -> None:
         o, a = self.robot.observation_spec, self.robot.action_spec
         self._reply(
-            ident, req,
-            task=self.task, instruction=self.instruction, ground_truth=isinstance(self.robot, GroundTruth),
+            ident, req, **self._tasks(), ground_truth=isinstance(self.robot, GroundTruth),
             watchdog_ms=self.watchdog_s * 1000.0, armed=self.armed,
             safety={k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(self.robot.limits).items()},
             observation_spec={"cameras": list(o.cameras), "image_size": list(o.image_size), "proprio_dim": o.proprio_dim,
@@ -298,6 +305,16 @@ class RobotServer:
     def _op_stats(self, ident, req) -> None:
         self._reply(ident, req, safety=self.robot.summary(), counts=self.counts, events=self.events[-20:], armed=self.armed)
 
+    def _op_select_task(self, ident, req) -> None:
+        if not isinstance(self.robot, MultiTask):
+            raise ValueError(f"this robot serves one task ({self.task}); select_task needs one set up for several "
+                             "(e.g. stepwise-robot-server robot=sim_pair)")
+        index = req.get("index")
+        if isinstance(index, bool) or not isinstance(index, int):
+            raise ValueError(f"select_task: index must be an integer, got {index!r}")
+        self.robot.select_task(index)  # raises ValueError naming the served tasks for an index out of range
+        self._reply(ident, req, obs=self._observe(), signals=self._signals(), **self._tasks())
+
     def _op_act(self, ident, req) -> None:
         if not self.armed:
             self.counts["refused_disarmed"] += 1
@@ -319,7 +336,8 @@ class RobotServer:
 def build_robot(robot_cfg: dict, task: str | None = None) -> tuple[Robot, dict]:
     """A driver and its safety block from a ``configs/robot/<name>.yaml`` mapping.
 
-    The ``sim`` driver gets ``task``; other drivers ignore it. Returns ``(driver, safety)``.
+    The ``sim`` driver gets ``task``; ``sim_pair`` names its two tasks by its ``pair``; other drivers
+    ignore it. Returns ``(driver, safety)``.
     """
     from real.env import make_robot
 

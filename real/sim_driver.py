@@ -152,3 +152,112 @@ class SimRobot:
         """4-d: end-effector delta xyz and gripper (close > 0)."""
         # Meta-World moves the mocap by action * 1/100 m per step; 5 substeps of 2.5 ms = 80 Hz.
         return ActionSpec(dim=4, names=("dx", "dy", "dz", "gripper"), ee_step_m=0.01, control_hz=80.0)
+
+
+class SimPairRobot(SimRobot):
+    """A task pair's shared scene (``sim.task_pair``: drawer open / close, door, window, faucet) as ONE
+    robot that serves both tasks (`real.robot.MultiTask`): `select_task` changes what is asked without a
+    reset, the scene continues, and the privileged state and `task_signals` judge the selected task. The
+    reset-free learner drives it in process or behind ``stepwise-robot-server robot=sim_pair``.
+
+    Args:
+        pair: a registered pair name (``sim.task_pair.TASK_PAIRS``).
+        cameras, image_size, quality, split, include_state: as for :class:`SimRobot`.
+    """
+
+    def __init__(
+        self,
+        pair: str = "drawer",
+        cameras: list[str] | tuple[str, ...] | None = None,
+        image_size: int | tuple[int, int] = 96,
+        quality: str = "fast",
+        split: str = "train",
+        include_state: bool = True,
+    ) -> None:
+        from sim import get_task
+        from sim.task_pair import get_pair
+
+        names = get_pair(pair)  # an unknown pair fails before anything is built
+        super().__init__(names[0], cameras, image_size, quality, split, include_state)
+        self.pair = pair
+        self._names = tuple(names)
+        self._instructions = tuple(get_task(n).instruction for n in names)
+        self._scene = None
+        self._index = 0
+
+    @property
+    def tasks(self) -> tuple[str, ...]:
+        """(forward, backward) task names."""
+        return self._names
+
+    @property
+    def instructions(self) -> tuple[str, ...]:
+        """Both tasks' instructions."""
+        return self._instructions
+
+    @property
+    def task_index(self) -> int:
+        """The selected task (0 forward, 1 backward)."""
+        return self._index
+
+    @property
+    def task_name(self) -> str:
+        """The selected task's registered name."""
+        return self._names[self._index]
+
+    @property
+    def instruction(self) -> str:
+        """The selected task's instruction."""
+        return self._instructions[self._index]
+
+    def connect(self) -> None:
+        """Build the shared scene (both tasks' simulators, the renderer of the active one); idempotent."""
+        if self._scene is None:
+            from sim.task_pair import TaskPairScene
+
+            k = self._kwargs
+            self._scene = TaskPairScene(self.pair, cameras=k["cameras"], image_size=k["image_size"],
+                                        split=k["split"], quality=k["quality"])
+            self._scene.direction = self._index
+            self._task = self._scene.active
+            self._has_episode = False
+
+    def select_task(self, index: int) -> None:
+        """Ask for task ``index`` from here on, without a reset (the physics continues; before the first
+        reset only the choice is kept). Raises ValueError for an index that is not 0 or 1."""
+        if isinstance(index, bool) or not isinstance(index, (int, np.integer)) or not 0 <= int(index) < len(self._names):
+            raise ValueError(f"task index {index!r}: this robot serves {list(self._names)} (index 0 or 1)")
+        index = int(index)
+        if index == self._index:
+            return
+        if self._scene is not None and self._has_episode:
+            self._scene.flip()  # the other task adopts the physics and judges it
+        elif self._scene is not None:
+            self._scene.direction = index
+        self._index = index
+        if self._scene is not None:
+            self._task = self._scene.active
+
+    def observe(self) -> Observation:
+        """As :meth:`SimRobot.observe`, of the selected task (before the first reset: its seed-0 variant)."""
+        self._require()
+        if not self._has_episode:
+            self._scene.reset(0, direction=self._index)
+            self._has_episode = True
+        return super().observe()
+
+    def reset(self, seed: int | None = None) -> Observation:
+        """Reset the shared scene: the selected task draws the variant from ``seed`` and starts from its
+        own start state; the other task is placed in the same variant."""
+        self.connect()
+        self._scene.reset(seed, direction=self._index)
+        self._task = self._scene.active
+        self._has_episode = True
+        return self.observe()
+
+    def close(self) -> None:
+        """Free both tasks' simulators (idempotent)."""
+        if self._scene is not None:
+            self._scene.close()
+            self._scene = None
+            self._task = None

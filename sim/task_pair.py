@@ -53,14 +53,17 @@ class TaskPairScene:
     Args:
         pair: a name of `TASK_PAIRS`.
         cameras: cameras to render (empty: state only, never renders).
-        image_size: render size in pixels.
+        image_size: render size in pixels (int or ``(height, width)``).
         split: the seed split resets draw variants from (train / eval / demo).
+        quality: render quality (``fast`` or ``high``, see ``sim.rendering``).
     """
 
-    def __init__(self, pair: str, cameras: Sequence[str] = (), image_size: int = 96, split: str = "train") -> None:
+    def __init__(self, pair: str, cameras: Sequence[str] = (), image_size: int | tuple[int, int] = 96,
+                 split: str = "train", quality: str = "fast") -> None:
         self.pair = pair
         names = get_pair(pair)
-        self.tasks = tuple(SimTask(n, cameras=list(cameras), image_size=image_size, split=split) for n in names)
+        self.tasks = tuple(SimTask(n, cameras=list(cameras), image_size=image_size, quality=quality, split=split)
+                           for n in names)
         models = {t.scene for t in self.tasks}
         if len(models) != 1:
             raise ResetFreeConfigError(f"pair={pair}: {names[0]} and {names[1]} are built on different scenes "
@@ -97,6 +100,10 @@ class TaskPairScene:
         signals = other.adopt(self.active)
         self.direction = 1 - self.direction
         return signals
+
+    def resume(self) -> None:
+        """An attempt continues the scene as it is: in process nothing waits between actions (a robot
+        behind a server is re-armed instead, see ``policies.reset_free.scene``)."""
 
     def step(self, action: np.ndarray) -> StepSignals:
         """One action (4,) in [-1, 1] on the active task; its ground-truth signals."""

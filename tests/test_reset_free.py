@@ -13,7 +13,8 @@ import torch
 from hydra import compose, initialize_config_dir
 
 from policies.config import CONFIG_DIR
-from policies.jobs.reset_free import check_config, run
+from policies.jobs.reset_free import run
+from policies.reset_free.config import check_config
 from policies.reset_free.loop import ResetFreeLoop, expert_policy
 from policies.success import ClassifierSuccess, DetectorCounts, SimSuccess
 from sim.task_pair import ResetFreeConfigError
@@ -154,3 +155,71 @@ def test_tiny_run_reports_and_resumes(tmp_path):
         assert report["attempts"] == 4 and report["resets"] == 3  # a resumed run starts from a reset
     finally:
         torch.set_num_threads(old)
+
+
+def test_the_pair_as_a_robot_matches_the_scene_and_flips_through_a_server():
+    """`SimPairRobot` behind its safety layer (in process) and behind a robot server give the loop the
+    same observations and ground truth as the scene itself; select_task flips without a reset."""
+    from real import make_safe_robot
+    from real.remote import remote_robot
+    from real.server import RobotServer
+    from real.sim_driver import SimPairRobot
+    from policies.reset_free.scene import RobotPairScene
+
+    direct = TaskPairScene("drawer", cameras=(), split="train")
+    local = RobotPairScene(make_safe_robot("sim_pair", pair="drawer", cameras=[]), "drawer")
+    srv = RobotServer(SimPairRobot("drawer", cameras=[]), SimPairRobot.DEFAULT_SAFETY, port=0).start()
+    served = RobotPairScene(remote_robot(port=srv.port), "drawer")
+    scenes = (direct, local, served)
+    try:
+        for s in scenes:
+            s.reset(3, direction=0)
+        for t in range(150):  # the expert opens the drawer (its action read from the direct scene)
+            a = direct.active.expert_action()
+            sig = [s.step(a) for s in scenes]
+            assert len({x.success for x in sig}) == 1
+            obs = [s.observation() for s in scenes]
+            assert np.allclose(obs[0], obs[1], atol=1e-6) and np.allclose(obs[0], obs[2], atol=1e-5), t
+            if sig[0].success:
+                break
+        assert sig[0].success  # opened within 150 steps
+        flips = [s.flip() for s in scenes]  # drawer-close judges the open drawer: not done
+        assert not any(f.success for f in flips) and all(s.direction == 1 for s in scenes)
+        assert served.instruction == local.instruction == direct.instruction == "close the drawer"
+        obs = [s.observation() for s in scenes]
+        assert np.allclose(obs[0], obs[2], atol=1e-5) and obs[2][-2:].tolist() == [0.0, 1.0]
+        served.resume()  # a continuing attempt re-arms the server explicitly
+        assert srv.counts["acts"] == t + 1 and srv.armed
+        with pytest.raises(ValueError, match="index 0 or 1"):
+            served.robot.select_task(2)
+        with pytest.raises(ResetFreeConfigError, match="pair=door"):
+            RobotPairScene(served.robot, "door")
+    finally:
+        for s in scenes:
+            s.close()
+        srv.shutdown()
+
+
+def test_a_tiny_run_sends_its_attempts_through_the_robot_server(tmp_path):
+    """robot=remote: every step of the reset-free attempts is a command to the served pair (evaluation
+    and demonstrations stay in process); a wrong type or an unknown driver is refused by name."""
+    from real.server import RobotServer
+    from real.sim_driver import SimPairRobot
+
+    old = torch.get_num_threads()
+    small = ["success=sim", "monitor=false", "demos=1", "pretrain.bc_steps=5", "pretrain.steps=5", "max_steps=15",
+             "episodes=3", "reset_every=2", "eval.every=5", "eval.episodes=1", "eval.final_episodes=1",
+             "agent.batch_size=16", "agent.hidden_sizes=[16,16]", "offline_threads=1"]
+    srv = RobotServer(SimPairRobot("drawer", cameras=[]), SimPairRobot.DEFAULT_SAFETY, port=0, watchdog_ms=2000).start()
+    try:
+        report = run(cfg_of(*small, "robot=remote", f"port={srv.port}"), tmp_path)
+    finally:
+        srv.shutdown()
+        torch.set_num_threads(old)
+    assert report["attempts"] == 3 and report["resets"] == 2
+    ck = torch.load(tmp_path / "checkpoint.pt", weights_only=False)
+    assert srv.counts["acts"] == ck["state"]["loop"]["env_steps"] == sum(r["length"] for r in ck["state"]["history"])
+    with pytest.raises(ResetFreeConfigError, match="episodes: Value 'many'"):
+        check_config(cfg_of("episodes=many"))
+    with pytest.raises(ResetFreeConfigError, match="never imports a driver"):
+        check_config(cfg_of("robot=ur"))

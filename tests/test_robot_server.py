@@ -217,6 +217,37 @@ def test_wrong_task_cameras_or_size_are_refused(server):
         make_env(TASK, robot="remote", port=server.port, cameras=["gripperPOV"], image_size=48)
     with pytest.raises(ValueError, match="images are"):
         make_env(TASK, robot="remote", port=server.port, cameras=["corner"], image_size=96)
+    # a single-task robot serves one task and refuses to switch, naming the server that can
+    client = remote_robot(port=server.port)
+    try:
+        assert client.tasks == (TASK,) and client.task_index == 0
+        with pytest.raises(ValueError, match="robot=sim_pair"):
+            client.select_task(1)
+    finally:
+        client.close()
+
+
+def test_a_served_task_pair_switches_task_without_a_reset_and_says_so_in_hello():
+    from real.sim_driver import SimPairRobot
+
+    srv = RobotServer(SimPairRobot("drawer", cameras=["corner"], image_size=32), SimPairRobot.DEFAULT_SAFETY, port=0).start()
+    client = remote_robot(port=srv.port)
+    try:
+        assert client.tasks == ("metaworld/drawer-open", "metaworld/drawer-close") and client.task_name == "metaworld/drawer-open"
+        first = client.reset(seed=2)
+        for _ in range(5):
+            client.send_action(np.array([0.0, 0.5, 0.0, 0.0], np.float32))
+        before = client.observe()
+        client.select_task(1)
+        after = client.observe()
+        assert client.task_index == 1 and client.instruction == "close the drawer" and client.task_name.endswith("drawer-close")
+        assert np.allclose(after["proprio"], before["proprio"]) and not np.allclose(after["proprio"], first["proprio"])
+        assert after["images"]["corner"].shape == (32, 32, 3)
+        with pytest.raises(ValueError, match="integer"):
+            client._call("select_task", index="1")
+    finally:
+        client.close()
+        srv.shutdown()
 
 
 KILLED_CLIENT = """

@@ -27,6 +27,12 @@ Usage::
     stepwise-train-reset-free                                   # drawer pair, classifier success
     stepwise-train-reset-free success=sim                       # the same run on the simulator's success
     stepwise-train-reset-free pair=door reset_every=20 classifier=runs/vlm-adapted
+    stepwise-train-reset-free robot=remote port=5555             # attempts through a robot server
+
+``robot=remote`` sends the reset-free attempts (the episodes whose resets are counted) through a
+``stepwise-robot-server robot=sim_pair robot.pair=<pair>``: its safety layer, watchdog and ``select_task``
+(the flip). The demonstrations, the classifier's adaptation data and the evaluation with resets drive
+the scripted expert and stay in this process's simulator.
 """
 
 from __future__ import annotations
@@ -53,24 +59,12 @@ from policies.reset_free.loop import (
     score_expert_chains,
 )
 from policies.run_dir import existing_checkpoint
-from policies.success import SUCCESS_SIGNALS, DetectorCounts, SimSuccess, load_classifier
+from policies.reset_free.config import check_config
+from policies.reset_free.scene import training_scene
+from policies.success import DetectorCounts, SimSuccess, load_classifier
 from sim.task_pair import OBS_DIM, ResetFreeConfigError, TaskPairScene, get_pair
 
 log = logging.getLogger("stepwise.reset_free")
-
-
-def check_config(cfg) -> None:
-    """Refuse settings that cannot work, before anything is built."""
-    get_pair(cfg.pair)
-    if cfg.success not in SUCCESS_SIGNALS:
-        raise ResetFreeConfigError(f"success={cfg.success!r} unknown: use one of {SUCCESS_SIGNALS}")
-    for key in ("reset_every", "max_steps", "confirm_steps"):
-        if int(cfg[key]) < 1:
-            raise ResetFreeConfigError(f"{key}={cfg[key]}: must be >= 1")
-    if int(cfg.episodes) < 0 or int(cfg.demos) < 0:
-        raise ResetFreeConfigError("episodes and demos must be >= 0")
-    if int(cfg.eval.every) < 1 or int(cfg.eval.episodes) < 1 or int(cfg.eval.final_episodes) < 1:
-        raise ResetFreeConfigError("eval.every, eval.episodes and eval.final_episodes must be >= 1")
 
 
 def run(cfg, run_dir: str | Path) -> dict:
@@ -80,7 +74,7 @@ def run(cfg, run_dir: str | Path) -> dict:
 
     from policies.replay import MixedReplay, ReplayBuffer
 
-    check_config(cfg)
+    cfg = check_config(cfg)
     run_path = Path(run_dir)
     run_path.mkdir(parents=True, exist_ok=True)
     cfg_dict = OmegaConf.to_container(cfg, resolve=True)
@@ -88,35 +82,35 @@ def run(cfg, run_dir: str | Path) -> dict:
     ckpt = load_checkpoint(ckpt_path, cfg) if existing_checkpoint(run_path, cfg.resume, ResetFreeConfigError) else None
     state = RunState(**ckpt["state"]) if ckpt else RunState()
     wall_before, session_start = state.wall_time_s, time.perf_counter()
-    gamma, success_reward = float(cfg.agent.gamma), float(cfg.success_reward)
-    threads = int(cfg.offline_threads or torch.get_num_threads())
+    gamma, success_reward = float(cfg.agent.gamma), cfg.success_reward
+    threads = cfg.offline_threads or torch.get_num_threads()
 
     classifier = None
     if cfg.success == "classifier" or cfg.monitor:
         t0 = time.perf_counter()
         name = adapt_classifier(cfg, run_path)
-        classifier = load_classifier(name, cfg.threshold, int(cfg.confirm_steps))
+        classifier = load_classifier(name, cfg.threshold, cfg.confirm_steps)
         state.stage_seconds.setdefault("classifier", time.perf_counter() - t0)
         state.classifier = name
     success = classifier if cfg.success == "classifier" else SimSuccess()
     cams = classifier.cameras if classifier is not None else ()
     size = int(classifier.model.image_size[0]) if classifier is not None else 96
-    scene = TaskPairScene(cfg.pair, cameras=cams, image_size=size, split="train")
+    scene = training_scene(OmegaConf.to_container(cfg.robot, resolve=True), cfg.pair, cams, size)  # in process or served
     eval_scene = TaskPairScene(cfg.pair, cameras=(), split="eval")
-    loop = ResetFreeLoop(scene, success, int(cfg.max_steps), int(cfg.reset_every), int(cfg.seed),
-                         bool(cfg.flip_on_timeout), classifier if cfg.success == "sim" else None)
+    loop = ResetFreeLoop(scene, success, cfg.max_steps, cfg.reset_every, cfg.seed, cfg.flip_on_timeout,
+                         classifier if cfg.success == "sim" else None)
 
     # -- stage 1: demonstrations ---------------------------------------------------------------
     t0 = time.perf_counter()
-    demos = collect_demo_chains(cfg.pair, int(cfg.demos), int(cfg.max_steps), seed=0) if int(cfg.demos) else []
+    demos = collect_demo_chains(cfg.pair, cfg.demos, cfg.max_steps, seed=0) if cfg.demos else []
     offline = ReplayBuffer(OBS_DIM, 4, max(1, sum(len(d.actions) for d in demos)))
     for d in demos:
         add_attempt(offline, d, success_reward, gamma)
     state.stage_seconds.setdefault("demos", time.perf_counter() - t0)
-    online = ReplayBuffer(OBS_DIM, 4, int(cfg.online.capacity))
+    online = ReplayBuffer(OBS_DIM, 4, cfg.online.capacity)
     agent = make_agent(cfg, OBS_DIM, 4, ResetFreeConfigError)
-    rng = np.random.default_rng(int(cfg.seed))
-    torch.manual_seed(int(cfg.seed))
+    rng = np.random.default_rng(cfg.seed)
+    torch.manual_seed(cfg.seed)
     if ckpt:
         agent.load_state_dict(ckpt["agent"])
         online.add_rows(ckpt["replay"])
@@ -128,11 +122,11 @@ def run(cfg, run_dir: str | Path) -> dict:
         log.info("resumed %s at phase %s, attempt %d", run_path, state.phase, loop.counters.episodes)
     use_demos = len(offline) > 0 and len(demos) > 0
     replay = MixedReplay(offline if use_demos else ReplayBuffer(OBS_DIM, 4, 1), online,
-                         float(cfg.online.offline_fraction) if use_demos else 0.0)
+                         cfg.online.offline_fraction if use_demos else 0.0)
     if not use_demos:
         agent.cfg.bc_weight = 0.0
     batch_rows = int(cfg.agent.batch_size) * int(cfg.agent.utd_ratio)
-    eval_seeds = list(range(int(cfg.eval.episodes)))
+    eval_seeds = list(range(cfg.eval.episodes))
 
     def checkpoint() -> None:
         state.loop, state.detector = dict(loop.counters.__dict__), dict(loop.detector.__dict__)
@@ -140,7 +134,7 @@ def run(cfg, run_dir: str | Path) -> dict:
         save_checkpoint(ckpt_path, agent, online, state, rng, cfg_dict)
 
     def run_eval() -> None:
-        res = evaluate_directions(agent, cfg.pair, eval_seeds, int(cfg.max_steps), eval_scene)
+        res = evaluate_directions(agent, cfg.pair, eval_seeds, cfg.max_steps, eval_scene)
         res.update(episode=loop.counters.episodes, resets=loop.counters.resets, env_steps=loop.counters.env_steps)
         state.evals.append(res)
         log.info("eval after %d attempts (%d resets): forward %.2f, backward %.2f (from its own reset %.2f)",
@@ -151,22 +145,22 @@ def run(cfg, run_dir: str | Path) -> dict:
         t0 = time.perf_counter()
         torch.set_num_threads(threads)
         if use_demos:
-            bc_warm_start(agent, offline, int(cfg.pretrain.bc_steps), int(cfg.agent.batch_size), rng)
-            calql_pretrain(agent, offline, int(cfg.pretrain.steps), batch_rows, rng)
+            bc_warm_start(agent, offline, cfg.pretrain.bc_steps, int(cfg.agent.batch_size), rng)
+            calql_pretrain(agent, offline, cfg.pretrain.steps, batch_rows, rng)
         state.stage_seconds["pretrain"] = time.perf_counter() - t0
-        torch.set_num_threads(int(cfg.threads))  # scoring one frame at a time: more threads only contend
+        torch.set_num_threads(cfg.threads)  # scoring one frame at a time: more threads only contend
         if classifier is not None and demos:  # the classifier on expert chains it never saw, before any learning
             t0 = time.perf_counter()
-            state.demo_detector = score_expert_chains(cfg.pair, int(cfg.demos), int(cfg.max_steps), classifier)
+            state.demo_detector = score_expert_chains(cfg.pair, cfg.demos, cfg.max_steps, classifier)
             state.stage_seconds["classifier_on_expert_chains"] = time.perf_counter() - t0
         state.phase = "online"
         run_eval()
         checkpoint()
-    agent.cql_alpha = float(cfg.online.cql_alpha)
-    torch.set_num_threads(int(cfg.threads))
+    agent.cql_alpha = cfg.online.cql_alpha
+    torch.set_num_threads(cfg.threads)
 
     # -- stage 3: reset-free online fine-tuning ------------------------------------------------
-    n_attempts = int(cfg.episodes)
+    n_attempts = cfg.episodes
     if state.phase == "done" and loop.counters.episodes < n_attempts:
         state.phase = "online"
     ready = lambda: len(online) > 0 or use_demos  # noqa: E731
@@ -175,19 +169,19 @@ def run(cfg, run_dir: str | Path) -> dict:
     def learn() -> None:
         if not ready():
             return
-        for _ in range(int(cfg.online.updates_per_step)):
+        for _ in range(cfg.online.updates_per_step):
             for k, v in agent.update(replay.sample(batch_rows, rng, agent.device)).items():
                 sums[k] = sums.get(k, 0.0) + v
 
     def policy(obs: np.ndarray) -> np.ndarray:
-        if loop.counters.env_steps < int(cfg.online.random_steps):
+        if loop.counters.env_steps < cfg.online.random_steps:
             return rng.uniform(-1, 1, 4).astype(np.float32)
         return agent.act(obs)
 
     bar = tqdm(total=n_attempts, initial=loop.counters.episodes, desc="reset-free", unit="ep")
     t0 = time.perf_counter()
     while state.phase == "online" and loop.counters.episodes < n_attempts:
-        anneal_bc(agent, loop.counters.episodes, int(cfg.online.bc_anneal_episodes), float(cfg.online.bc_final))
+        anneal_bc(agent, loop.counters.episodes, cfg.online.bc_anneal_episodes, cfg.online.bc_final)
         sums.clear()
         rec = loop.attempt(policy, learn)
         add_attempt(online, rec, success_reward, gamma)
@@ -201,10 +195,10 @@ def run(cfg, run_dir: str | Path) -> dict:
         bar.update(1)
         bar.set_postfix(dir=row["direction"][0], done=rec.claimed, truth=row["sim_success"], resets=c.resets,
                         fp=loop.detector.false_positives, fn=loop.detector.false_negatives)
-        if c.episodes % int(cfg.eval.every) == 0 or c.episodes == n_attempts:
+        if c.episodes % cfg.eval.every == 0 or c.episodes == n_attempts:
             run_eval()
             checkpoint()
-        elif c.episodes % int(cfg.checkpoint_every) == 0:
+        elif c.episodes % cfg.checkpoint_every == 0:
             checkpoint()
     bar.close()
     if state.phase == "online":
@@ -213,7 +207,7 @@ def run(cfg, run_dir: str | Path) -> dict:
         checkpoint()
 
     # -- stage 4: final evaluation and report --------------------------------------------------
-    final = evaluate_directions(agent, cfg.pair, list(range(int(cfg.eval.final_episodes))), int(cfg.max_steps), eval_scene)
+    final = evaluate_directions(agent, cfg.pair, list(range(cfg.eval.final_episodes)), cfg.max_steps, eval_scene)
     state.loop, state.detector = dict(loop.counters.__dict__), dict(loop.detector.__dict__)
     state.wall_time_s = wall_before + time.perf_counter() - session_start
     report = write_reset_free_report(run_path, cfg, state, final, classifier)

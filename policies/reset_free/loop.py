@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from policies.success import ClassifierSuccess, DetectorCounts, SimSuccess, first_confirmed
+from policies.reset_free.scene import RobotPairScene
 from sim.task_pair import ResetFreeConfigError, TaskPairScene
 
 DIRECTIONS = ("forward", "backward")
@@ -50,11 +51,12 @@ class LoopCounters:
 
 
 class ResetFreeLoop:
-    """Runs reset-free attempts on a `TaskPairScene`: act, check the success signal after every step,
+    """Runs reset-free attempts on a pair's shared scene: act, check the success signal after every step,
     flip the instruction when it says done, reset the scene every ``reset_every`` attempts.
 
     Args:
-        scene: the shared scene.
+        scene: the shared scene: a `RobotPairScene` (the job's: in process or behind a robot server) or
+            a `TaskPairScene` (the simulator directly: the expert's chains, tests).
         success: a `ClassifierSuccess` or `SimSuccess`.
         max_steps: the step limit of one attempt (a truncation).
         reset_every: K: a forced reset before every K-th attempt since the last one.
@@ -64,7 +66,7 @@ class ResetFreeLoop:
             (its verdicts are only counted), or None.
     """
 
-    def __init__(self, scene: TaskPairScene, success, max_steps: int, reset_every: int, seed: int = 0,
+    def __init__(self, scene: RobotPairScene | TaskPairScene, success, max_steps: int, reset_every: int, seed: int = 0,
                  flip_on_timeout: bool = False, monitor: ClassifierSuccess | None = None) -> None:
         if int(max_steps) < 1 or int(reset_every) < 1:
             raise ResetFreeConfigError(f"max_steps={max_steps} and reset_every={reset_every} must be >= 1")
@@ -93,6 +95,8 @@ class ResetFreeLoop:
             c.resets += 1
             c.since_reset = 0
             self._needs_reset = False
+        else:
+            self.scene.resume()  # reset-free: the scene as the last attempt left it
         judge = self._classifier()
         self.success.start()
         if judge is not None:
