@@ -174,6 +174,8 @@ def make_env(
     quality: str = "fast",
     include_state: bool = True,
     safety: Any = None,
+    randomize: Any = None,
+    randomize_seed: int = 0,
     **robot_kwargs: Any,
 ) -> RobotEnv:
     """Build the environment of ``task`` on the driver ``robot``.
@@ -190,6 +192,9 @@ def make_env(
         split: seed split of task variants (``demo``, ``train``, ``eval``).
         quality: render quality (``fast`` or ``high``).
         include_state: add the privileged state to observations (simulation only).
+        randomize: visual randomisation of each reset (simulation only; ``sim.randomize`` bounds, e.g.
+            ``configs/randomize/corpus.yaml``); None (the default, right for RL) renders the scene as built.
+        randomize_seed: keys the looks with the split and each reset's seed (simulation only).
         safety: the driver's limits (a ``real.safety.SafetyLimits`` or its config mapping); ``None``
             takes the driver's ``DEFAULT_SAFETY`` (the simulator's workspace); hardware drivers have
             none and need one. Remote robots are filtered by their server.
@@ -201,9 +206,12 @@ def make_env(
     if robot == "sim":
         robot_kwargs.update(
             task=spec.name, cameras=cameras, image_size=image_size, quality=quality,
-            split=split, include_state=include_state,
+            split=split, include_state=include_state, randomize=randomize, randomize_seed=randomize_seed,
         )
-    elif robot == "remote":
+    elif randomize is not None:
+        raise ValueError(f"randomize= is a simulator option; robot={robot!r} renders what its cameras see "
+                         "(for a served simulator, set robot.randomize on the server)")
+    if robot == "remote":
         robot_kwargs.setdefault("task", spec.name)
     driver = make_safe_robot(robot, safety, **robot_kwargs)
     if robot == "remote":

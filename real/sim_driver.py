@@ -17,6 +17,9 @@ class SimRobot:
         quality: render quality, ``fast`` or ``high``.
         split: seed split for task variants: ``demo``, ``train`` or ``eval``.
         include_state: add the privileged simulator state to observations.
+        randomize: visual randomisation of every reset (``sim.randomize``: a ``Randomization``, its
+            mapping, e.g. ``configs/randomize/corpus.yaml``, or None, the default: the scene as built).
+        randomize_seed: keys the looks with the split and each reset's seed.
     """
 
     # The union of Meta-World's mocap limits over the 50 tasks (the simulator clips the hand to its
@@ -36,8 +39,11 @@ class SimRobot:
         quality: str = "fast",
         split: str = "train",
         include_state: bool = True,
+        randomize=None,
+        randomize_seed: int = 0,
     ) -> None:
         from sim import DEFAULT_CAMERAS, check_image_size, get_task, variant_rng
+        from sim.randomize import from_config
 
         self._spec = get_task(task)  # fail fast, before any simulator is built
         variant_rng(0, split)
@@ -46,6 +52,8 @@ class SimRobot:
             image_size=check_image_size(image_size),
             quality=quality,
             split=split,
+            randomize=from_config(randomize),  # bad bounds fail here, before a simulator is built
+            randomize_seed=randomize_seed,
         )
         self.include_state = include_state
         self._task = None
@@ -162,7 +170,8 @@ class SimPairRobot(SimRobot):
 
     Args:
         pair: a registered pair name (``sim.task_pair.TASK_PAIRS``).
-        cameras, image_size, quality, split, include_state: as for :class:`SimRobot`.
+        cameras, image_size, quality, split, include_state, randomize, randomize_seed: as for
+            :class:`SimRobot` (one look per reset, shared by both tasks).
     """
 
     def __init__(
@@ -173,12 +182,14 @@ class SimPairRobot(SimRobot):
         quality: str = "fast",
         split: str = "train",
         include_state: bool = True,
+        randomize=None,
+        randomize_seed: int = 0,
     ) -> None:
         from sim import get_task
         from sim.task_pair import get_pair
 
         names = get_pair(pair)  # an unknown pair fails before anything is built
-        super().__init__(names[0], cameras, image_size, quality, split, include_state)
+        super().__init__(names[0], cameras, image_size, quality, split, include_state, randomize, randomize_seed)
         self.pair = pair
         self._names = tuple(names)
         self._instructions = tuple(get_task(n).instruction for n in names)
@@ -217,7 +228,8 @@ class SimPairRobot(SimRobot):
 
             k = self._kwargs
             self._scene = TaskPairScene(self.pair, cameras=k["cameras"], image_size=k["image_size"],
-                                        split=k["split"], quality=k["quality"])
+                                        split=k["split"], quality=k["quality"], randomize=k["randomize"],
+                                        randomize_seed=k["randomize_seed"])
             self._scene.direction = self._index
             self._task = self._scene.active
             self._has_episode = False

@@ -56,13 +56,16 @@ class TaskPairScene:
         image_size: render size in pixels (int or ``(height, width)``).
         split: the seed split resets draw variants from (train / eval / demo).
         quality: render quality (``fast`` or ``high``, see ``sim.rendering``).
+        randomize, randomize_seed: visual randomisation as for :class:`sim.world.SimTask` (default off);
+            the active task draws each reset's look and the other task renders with the same one.
     """
 
     def __init__(self, pair: str, cameras: Sequence[str] = (), image_size: int | tuple[int, int] = 96,
-                 split: str = "train", quality: str = "fast") -> None:
+                 split: str = "train", quality: str = "fast", randomize=None, randomize_seed: int = 0) -> None:
         self.pair = pair
         names = get_pair(pair)
-        self.tasks = tuple(SimTask(n, cameras=list(cameras), image_size=image_size, quality=quality, split=split)
+        self.tasks = tuple(SimTask(n, cameras=list(cameras), image_size=image_size, quality=quality, split=split,
+                                   randomize=randomize, randomize_seed=randomize_seed)
                            for n in names)
         models = {t.scene for t in self.tasks}
         if len(models) != 1:
@@ -87,7 +90,7 @@ class TaskPairScene:
         self.direction = int(direction)
         self.active.reset(seed)
         other = self.tasks[1 - self.direction]
-        other.reset_to_variant(self.active.variant)
+        other.reset_to_variant(self.active.variant, look=self.active.look)
         (m0, _), (m1, _) = self.active.physics, other.physics
         if not np.allclose(m0.body_pos, m1.body_pos):
             raise ResetFreeConfigError(f"pair={self.pair}: the two tasks place the scene differently for one variant; "

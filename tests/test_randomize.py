@@ -251,3 +251,52 @@ def test_collect_records_the_look_per_episode_and_resume_redraws_it(tmp_path):
     with EpisodeStore(path) as store:
         again = [json.loads(store.episode_attrs(i)["extra_attrs"]["look"]) for i in range(3)]
     assert again[:2] == stored and again[2] not in stored
+
+
+def test_envs_and_robots_take_randomize_off_by_default():
+    """make_env / SimRobot / SimPairRobot pass randomize= through (default off: the scene as built);
+    a pair's two tasks render one look; a non-simulator robot refuses the option."""
+    from real import make_env
+    from real.sim_driver import SimPairRobot
+    from sim.task_pair import TaskPairScene
+
+    plain = make_env("metaworld/drawer-open", cameras=CAMS, image_size=32, split="demo")
+    looked = make_env("metaworld/drawer-open", cameras=CAMS, image_size=32, split="demo", randomize=CORPUS)
+    again = make_env("metaworld/drawer-open", cameras=CAMS, image_size=32, split="demo", randomize=CORPUS)
+    task = _task()
+    try:
+        task.reset(3)
+        ref = task.render()
+        o_plain, o_look, o_again = (env.reset(seed=3)[0] for env in (plain, looked, again))
+        for c in CAMS:
+            assert np.array_equal(o_plain["images"][c], ref[c])       # off: byte-identical to SimTask
+            assert not np.array_equal(o_look["images"][c], ref[c])    # on: another look
+            assert np.array_equal(o_look["images"][c], o_again["images"][c])  # seeded
+    finally:
+        for env in (plain, looked, again):
+            env.close()
+        task.close()
+    with pytest.raises(ValueError, match="randomize.*simulator option"):
+        make_env("metaworld/drawer-open", robot="remote", randomize=CORPUS, port=1)
+    with pytest.raises(sim.RandomizeConfigError, match="light_scle"):
+        make_env("metaworld/drawer-open", cameras=CAMS, randomize={"light_scle": [1, 2]})
+
+    scene = TaskPairScene("drawer", cameras=CAMS, image_size=32, split="demo", randomize=CORPUS)
+    try:
+        scene.reset(5)
+        forward, backward = scene.tasks
+        assert forward.look is not None and forward.look == backward.look
+        scene.flip()
+        assert scene.active.look == forward.look
+    finally:
+        scene.close()
+    pair, plain_pair = (SimPairRobot("drawer", cameras=CAMS, image_size=32, split="demo", randomize=r)
+                        for r in (CORPUS, None))
+    try:
+        for robot in (pair, plain_pair):
+            robot.connect()
+        a, b = pair.reset(seed=5)["images"]["corner"], plain_pair.reset(seed=5)["images"]["corner"]
+        assert not np.array_equal(a, b)
+    finally:
+        pair.close()
+        plain_pair.close()

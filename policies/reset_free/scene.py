@@ -109,7 +109,8 @@ def training_scene(robot_cfg: dict, pair: str, cameras: Sequence[str], image_siz
     driver = cfg.pop("driver", None)
     if driver == "sim":
         robot = make_safe_robot("sim_pair", cfg["safety"], pair=pair, cameras=list(cameras), image_size=int(image_size),
-                                split="train", quality=cfg.get("quality", "fast"), include_state=True)
+                                split="train", quality=cfg.get("quality", "fast"), include_state=True,
+                                randomize=cfg.get("randomize"), randomize_seed=int(cfg.get("randomize_seed", 0)))
     elif driver == "remote":
         robot = make_safe_robot("remote", **cfg)
         check_served(robot, list(cameras), int(image_size))
