@@ -8,6 +8,15 @@ as often as common small steps, and a small share are exact zero hops (a frame a
 Start anchors are swapped with another episode's of the same task 75% of the time and goal
 anchors always come from another episode when the task has one, so the model cannot lean on them;
 the goal is dropped (a learned "no goal" vector) 30% of the time so the model works without one.
+
+Failures as negatives. A failed episode (a scripted failure, or a learning policy's episode that did
+not succeed) has no progress labels, but one fact holds for every frame of it: the task is not done,
+so its progress is below 1. With ``failures`` given, a share of each batch's episodes are failures of
+the batch's tasks, and their pairs carry an upper bound instead of a target (censored labels): from
+the start anchor the hop lies below the top bin (H(start, s) <= 1 - w, w the bin width) and from a
+goal anchor of the task it lies below the zero bin (H(goal, s) <= -w). The trainer maximises the
+probability mass at or under the bound, so near-misses stop being rated as done without the model
+being told a progress value nobody knows.
 """
 
 from __future__ import annotations
@@ -39,6 +48,37 @@ class TrainEpisode:
     instruction: str
 
 
+FAILURE_KINDS = ("noise", "stall", "near_miss", "reversal", "policy")
+"""Episode kinds read as failures: ``sim.collect``'s scripted failures and stepwise-train's policy episodes."""
+
+
+def _read_images(ep, cameras, resize_to):
+    images = np.stack([ep.images[c] for c in cameras], axis=1)
+    return resize_frames(images, resize_to) if resize_to is not None else images
+
+
+def load_failures(data, cameras: tuple[str, ...], tasks=None, kinds=FAILURE_KINDS, max_per_task: int | None = None,
+                  resize_to: int | None = None) -> list[TrainEpisode]:
+    """Failed episodes (success false) of ``kinds`` from the stores in ``data``, of ``tasks`` only when
+    given; as :class:`TrainEpisode` with no labels (``phi`` empty, ``goal_index`` -1). May be empty."""
+    from episodes import EpisodeStore
+
+    out: list[TrainEpisode] = []
+    per_task: dict[str, int] = {}
+    for path in resolve_stores(data):
+        with EpisodeStore(path, cameras=list(cameras)) as store:
+            for i in range(len(store)):
+                attrs = store.episode_attrs(i)
+                if attrs["success"] or attrs["kind"] not in kinds or (tasks is not None and attrs["task"] not in tasks):
+                    continue
+                if max_per_task is not None and per_task.get(attrs["task"], 0) >= max_per_task:
+                    continue
+                ep = store[i]
+                out.append(TrainEpisode(_read_images(ep, cameras, resize_to), np.zeros(0), -1, ep.task, ep.instruction))
+                per_task[ep.task] = per_task.get(ep.task, 0) + 1
+    return out
+
+
 def load_episodes(data, cameras: tuple[str, ...], max_per_task: int | None = None, kinds=("expert",),
                   resize_to: int | None = None) -> list[TrainEpisode]:
     """Successful episodes of ``kinds`` from the stores in ``data``, with step-progress labels.
@@ -58,9 +98,7 @@ def load_episodes(data, cameras: tuple[str, ...], max_per_task: int | None = Non
                 if max_per_task is not None and per_task.get(attrs["task"], 0) >= max_per_task:
                     continue
                 ep = store[i]
-                images = np.stack([ep.images[c] for c in cameras], axis=1)
-                if resize_to is not None:
-                    images = resize_frames(images, resize_to)
+                images = _read_images(ep, cameras, resize_to)
                 out.append(TrainEpisode(images, step_progress(ep.keyframes, len(images)), int(ep.keyframes[-1]), ep.task, ep.instruction))
                 per_task[ep.task] = per_task.get(ep.task, 0) + 1
     if not out:
@@ -74,7 +112,8 @@ class PairBatch:
 
     states: uint8 (S, V, H, W, 3) images of every state to encode; the index arrays point into it.
     before, after: int (P,) state indices; start, goal: int (P,) state indices (goal -1 = none);
-    hop: float (P,) target hop; text: int (P,) index into ``instructions``.
+    hop: float (P,) target hop, or its upper bound where ``censored``; text: int (P,) index into
+    ``instructions``; censored: bool (P,) pairs of failures, whose hop is only bounded above.
     """
 
     states: np.ndarray
@@ -85,6 +124,7 @@ class PairBatch:
     hop: np.ndarray
     text: np.ndarray
     instructions: list[str]
+    censored: np.ndarray | None = None
 
 
 class PairSampler:
@@ -92,7 +132,10 @@ class PairSampler:
 
     def __init__(self, episodes: list[TrainEpisode], num_bins: int, frames_per_episode: int = 12,
                  pairs_per_episode: int = 48, swap_anchor_prob: float = 0.75, drop_goal_prob: float = 0.3,
-                 zero_hop_share: float = 0.05, gap_bins: int = 4, seed: int = 0) -> None:
+                 zero_hop_share: float = 0.05, gap_bins: int = 4, seed: int = 0,
+                 failures: list[TrainEpisode] | None = None, failure_share: float = 0.25) -> None:
+        if not 0.0 <= failure_share < 1.0:
+            raise ValueError(f"failure_share={failure_share}: the share of failure episodes per batch must be in [0, 1)")
         self.episodes = episodes
         self.num_bins = num_bins
         self.frames = frames_per_episode
@@ -105,19 +148,62 @@ class PairSampler:
         self.by_task: dict[str, list[int]] = {}
         for i, ep in enumerate(episodes):
             self.by_task.setdefault(ep.task, []).append(i)
+        self.failures = [f for f in (failures or []) if f.task in self.by_task]  # need a task's success anchors
+        self.failures_by_task: dict[str, list[int]] = {}
+        for i, ep in enumerate(self.failures):
+            self.failures_by_task.setdefault(ep.task, []).append(i)
+        self.failure_share = failure_share if self.failures else 0.0
+        self.width = 2.0 / num_bins
         self.instructions = sorted({ep.instruction for ep in episodes})
 
     def _other(self, i: int) -> int:
         peers = [j for j in self.by_task[self.episodes[i].task] if j != i]
         return int(self.rng.choice(peers)) if peers else i
 
+    def _failure_pairs(self, states: list, task: str) -> tuple[list, list, list, list, list, str]:
+        """Censored pairs of one failure episode of ``task``: start -> frame below the top bin and
+        goal -> frame below the zero bin (see the module docstring)."""
+        rng = self.rng
+        ep = self.failures[int(rng.choice(self.failures_by_task[task]))]
+        n = len(ep.images)
+        idx = np.sort(rng.choice(n, size=min(self.frames, n), replace=False))
+        idx[-1] = n - 1 if rng.random() < 0.5 else idx[-1]  # where a failure ends is the frame that matters most
+        base = len(states)
+        states.extend(ep.images[idx])
+        own = rng.random() >= self.swap_anchor_prob
+        s_ep = ep if own else self.episodes[int(rng.choice(self.by_task[task]))]
+        states.append(s_ep.images[0])
+        s_idx = len(states) - 1
+        g_ep = self.episodes[int(rng.choice(self.by_task[task]))]
+        states.append(g_ep.images[g_ep.goal_index])
+        g_idx = len(states) - 1
+        half = self.pairs // 2
+        frames = base + rng.integers(len(idx), size=self.pairs)
+        before = [s_idx] * half + [g_idx] * (self.pairs - half)
+        bounds = [1.0 - self.width] * half + [-self.width] * (self.pairs - half)
+        # start -> frame pairs keep the goal anchor too (as in success pairs) 70% of the time
+        goals = [g_idx if rng.random() >= self.drop_goal_prob else -1 for _ in range(half)] + [g_idx] * (self.pairs - half)
+        return before, list(frames), bounds, [s_idx] * self.pairs, goals, ep.instruction
+
     def sample(self, num_episodes: int) -> PairBatch:
-        """One batch of pairs from ``num_episodes`` episodes (tasks drawn uniformly)."""
+        """One batch of pairs from ``num_episodes`` episodes (tasks drawn uniformly); with failures,
+        each episode slot is a failure of the drawn task with probability ``failure_share``."""
         rng = self.rng
         tasks = list(self.by_task)
-        states, start_i, goal_i, before, after, hops, texts = [], [], [], [], [], [], []
+        states, start_i, goal_i, before, after, hops, texts, censored = [], [], [], [], [], [], [], []
         for _ in range(num_episodes):
-            i = int(rng.choice(self.by_task[tasks[rng.integers(len(tasks))]]))
+            task = tasks[rng.integers(len(tasks))]
+            if task in self.failures_by_task and rng.random() < self.failure_share:
+                b, a, h, s_i, g_i, instruction = self._failure_pairs(states, task)
+                before += b
+                after += a
+                hops += h
+                start_i += s_i
+                goal_i += g_i
+                texts += [self.instructions.index(instruction)] * len(b)
+                censored += [True] * len(b)
+                continue
+            i = int(rng.choice(self.by_task[task]))
             ep = self.episodes[i]
             n = len(ep.phi)
             idx = np.sort(rng.choice(n, size=min(self.frames, n), replace=False))
@@ -164,5 +250,7 @@ class PairSampler:
             start_i.extend([s_idx] * self.pairs)
             goal_i.extend([g_idx] * self.pairs)
             texts.extend([self.instructions.index(ep.instruction)] * self.pairs)
+            censored += [False] * self.pairs
         return PairBatch(np.stack(states), np.array(start_i), np.array(goal_i), np.array(before),
-                         np.array(after), np.array(hops, dtype=np.float32), np.array(texts), self.instructions)
+                         np.array(after), np.array(hops, dtype=np.float32), np.array(texts), self.instructions,
+                         np.array(censored, dtype=bool))

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from reward_models.base import load
 from reward_models.augment import random_shift
 from reward_models.metrics import spearman
-from reward_models.pairs import PairSampler, load_episodes
+from reward_models.pairs import PairSampler, load_episodes, load_failures
 from reward_models.progress import bin_centers
 from reward_models.step_prm import StepPRM, StepPRMConfig
 
@@ -41,6 +41,19 @@ def two_hot(hops: torch.Tensor, num_bins: int) -> torch.Tensor:
     target.scatter_(1, lo[:, None], (1 - frac)[:, None])
     target.scatter_add_(1, (lo + 1)[:, None], frac[:, None])
     return target
+
+
+def hop_loss(logits: torch.Tensor, hops: torch.Tensor, censored: torch.Tensor | None, centers: torch.Tensor) -> torch.Tensor:
+    """Mean loss over pairs: cross-entropy against the two-hot target of each labelled hop, and for
+    censored pairs (failures: the hop is only known to be at most ``hops``) minus the log of the
+    probability mass on the bins whose centre is at or under the bound."""
+    logp = logits.log_softmax(-1)
+    loss = -(two_hot(hops, logits.shape[-1]) * logp).sum(-1)
+    if censored is not None and bool(censored.any()):
+        allowed = centers[None, :] <= hops[:, None] + 1e-6
+        bounded = -torch.logsumexp(logp.masked_fill(~allowed, float("-inf")), dim=-1)
+        loss = torch.where(censored, bounded, loss)
+    return loss.mean()
 
 
 def train(cfg) -> StepPRM:
@@ -65,7 +78,16 @@ def train(cfg) -> StepPRM:
     val = [ep for k, ep in enumerate(episodes) if cfg.val_every_nth and k % int(cfg.val_every_nth) == 0]
     train_eps = [ep for ep in episodes if not any(ep is v for v in val)] or episodes
     log.info("training on %d episodes of %d tasks (%d validation)", len(train_eps), len({e.task for e in train_eps}), len(val))
-    sampler = PairSampler(train_eps, model.cfg.num_bins, int(cfg.frames_per_episode), int(cfg.pairs_per_episode), seed=int(cfg.seed))
+    failures = []
+    share = float(cfg.get("failure_share", 0.0))
+    if share > 0:
+        failures = load_failures(cfg.data, model.cameras, tasks={e.task for e in train_eps},
+                                 kinds=tuple(cfg.get("failure_kinds", ("noise", "stall", "near_miss", "reversal", "policy"))),
+                                 max_per_task=cfg.get("max_failures_per_task"), resize_to=model.cfg.encoder_size)
+        log.info("failures as negatives: %d episodes of %d tasks (share %.2f of each batch)",
+                 len(failures), len({f.task for f in failures}), share)
+    sampler = PairSampler(train_eps, model.cfg.num_bins, int(cfg.frames_per_episode), int(cfg.pairs_per_episode),
+                          seed=int(cfg.seed), failures=failures, failure_share=share)
     model.cache_instructions(sampler.instructions + [e.instruction for e in val])  # saved with the model
     net = model.net
     opt = torch.optim.AdamW(net.parameters(), lr=float(cfg.lr), weight_decay=float(cfg.weight_decay))
@@ -102,15 +124,17 @@ def train(cfg) -> StepPRM:
         goal = torch.where((goal_idx >= 0)[:, None].to(model.device), enc[goal_idx.clamp(min=0)], net.no_goal.expand(len(goal_idx), -1))
         text = net.text(text_table[torch.from_numpy(batch.text)])
         logits = net.hop_logits(enc[batch.start], goal, enc[batch.before], enc[batch.after], text)
-        target = two_hot(torch.from_numpy(batch.hop).to(model.device), model.cfg.num_bins)
-        loss = -(target * logits.log_softmax(-1)).sum(-1).mean()
+        hops = torch.from_numpy(batch.hop).to(model.device)
+        censored = None if batch.censored is None else torch.from_numpy(batch.censored).to(model.device)
+        loss = hop_loss(logits, hops, censored, model.centers)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
         opt.step()
         sched.step()
-        with torch.no_grad():
-            mae = ((logits.softmax(-1) * model.centers).sum(-1) - target @ model.centers).abs().mean().item()
+        with torch.no_grad():  # on the labelled pairs (a censored pair has a bound, not a target)
+            exact = ~censored if censored is not None else torch.ones_like(hops, dtype=torch.bool)
+            mae = ((logits.softmax(-1) * model.centers).sum(-1) - hops)[exact].abs().mean().item()
         writer.add_scalar("train/loss", loss.item(), step)
         writer.add_scalar("train/hop_mae", mae, step)
         bar.set_postfix(loss=f"{loss.item():.3f}", hop_mae=f"{mae:.3f}")
