@@ -106,6 +106,7 @@ class TrainSettings:
     policy_image_size: int = MISSING
     policy_cameras: Optional[list[str]] = None
     image_size: Optional[int] = None
+    keep_episodes: str = MISSING
     reward: Any = MISSING
     agent: Any = MISSING
     encoder: Any = MISSING

@@ -25,8 +25,12 @@ class EpisodeRecord:
     success: bool                        # simulator ground truth (never learned from with success_prob)
     frames: dict[str, np.ndarray]        # camera -> (T+1, H, W, 3), empty without a camera-based potential
     dense: np.ndarray                    # (T+1,) simulator dense reward per frame (oracle potential)
-    proprio: np.ndarray | None = None    # (T+1, P) float32, image policy only
+    proprio: np.ndarray | None = None    # (T+1, P) float32: the image policy's, and every online episode's
     policy_frames: dict[str, np.ndarray] = field(default_factory=dict)  # image policy: camera -> uint8 (T+1, h, w, 3)
+    kept_frames: dict[str, np.ndarray] = field(default_factory=dict)  # online: env camera -> uint8 (T+1, H, W, 3)
+    signals: dict[str, np.ndarray] = field(default_factory=dict)  # online: info's sim/<key> -> float32 (T,)
+    truncated: bool = False              # online: ended at the time limit (else at a true terminal)
+    seed: int = -1                       # online: the env seed of its reset
 
 
 class PolicyView:

@@ -3,7 +3,7 @@ deterministic evaluation on the eval split, and the history row of an episode.""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -30,15 +30,18 @@ def evaluate(agent, env, seeds: list[int], observe: Callable[[Mapping], Any] = s
 
 
 def run_episode(cfg, env, agent, replay, rng, state, batch_rows: int, cameras: list[str],
-                view: PolicyView | None = None):
+                view: PolicyView | None = None, keep: Sequence[str] = ()):
     """One online episode: act, update every step, and keep what the reward pipeline needs.
 
     ``state``: the run's counters (``episode`` seeds the reset, ``env_steps`` is advanced).
-    ``cameras``: frames kept for the reward model. ``view``: the image policy's (None: the state policy)."""
+    ``cameras``: frames kept for the reward model. ``view``: the image policy's (None: the state policy).
+    ``keep``: cameras whose frames (with proprio, simulator signals and the end) the online store keeps."""
     observe = view if view is not None else state_view
-    obs, info = env.reset(seed=cfg.seed * 100_000 + state.episode)
+    seed = cfg.seed * 100_000 + state.episode
+    obs, info = env.reset(seed=seed)
     seen, actions, rewards, terms = [observe(obs)], [], [], []
-    frames = {c: [obs["images"][c]] for c in cameras}
+    frames = {c: [obs["images"][c]] for c in dict.fromkeys([*cameras, *keep])}  # one list per camera, shared
+    proprio, signals = [obs["proprio"]], {}
     dense = [0.0]
     success = False
     sums: dict[str, float] = {}
@@ -55,7 +58,11 @@ def run_episode(cfg, env, agent, replay, rng, state, batch_rows: int, cameras: l
         rewards.append(reward)
         terms.append(terminated)
         dense.append(info.get("sim/dense_reward", 0.0))
-        for c in cameras:
+        proprio.append(obs["proprio"])
+        for k, v in info.items():
+            if k.startswith("sim/"):
+                signals.setdefault(k, []).append(float(v))
+        for c in frames:
             frames[c].append(obs["images"][c])
         success = success or bool(info.get("sim/success", False))
         ready = len(replay.offline) > 0 and replay.offline_fraction > 0 or len(replay.online) > 0
@@ -66,12 +73,14 @@ def run_episode(cfg, env, agent, replay, rng, state, batch_rows: int, cameras: l
                 sums[k] = sums.get(k, 0.0) + v
         if terminated or truncated:
             break
+    kept = {c: np.stack(v) for c, v in frames.items()}
     rec = EpisodeRecord(
         obs=np.asarray(seen, np.float32) if view is None else None, actions=np.asarray(actions, np.float32),
         env_rewards=np.asarray(rewards, np.float32), terminated=np.asarray(terms, bool), success=success,
-        frames={c: np.stack(v) for c, v in frames.items()}, dense=np.asarray(dense, np.float32))
+        frames={c: kept[c] for c in cameras}, dense=np.asarray(dense, np.float32),
+        proprio=np.asarray(proprio, np.float32), kept_frames={c: kept[c] for c in keep},
+        signals={k: np.asarray(v, np.float32) for k, v in signals.items()}, truncated=bool(truncated), seed=seed)
     if view is not None:
-        rec.proprio = np.stack([s["proprio"] for s in seen])
         rec.policy_frames = {c: np.stack([s["images"][c] for s in seen]) for c in view.cameras}
     return rec, {f"agent/{k}": v / n_updates for k, v in sums.items()} if n_updates else {}
 

@@ -1,6 +1,6 @@
 """A learning run's directory: the resume guard, atomic checkpoints that name their kind, and
 stepwise-train's checkpoint (agent, online replay with the image policy's sidecar file, counters,
-random states)."""
+random states) and its restore into a fresh learner."""
 
 from __future__ import annotations
 
@@ -131,3 +131,26 @@ def load_checkpoint(path: Path, cfg) -> dict:
             "or use another hydra.run.dir"
         )
     return ckpt
+
+
+def resume_learner(run: Path, ckpt: dict, agent, online, offline, rng, image_policy: bool, imitate: bool):
+    """Restore the agent, replay (returned: the image policy's is read from its own file) and random
+    states from ``ckpt``; a checkpoint that does not fit these settings says which to use."""
+    try:
+        agent.load_state_dict(ckpt["agent"])
+    except (ValueError, RuntimeError, KeyError) as err:
+        raise TrainConfigError(f"{run / 'checkpoint.pt'} does not fit these settings ({err}): resume with the run's "
+                               f"own settings ({run / '.hydra' / 'config.yaml'}) or use another hydra.run.dir") from err
+    if image_policy:
+        online = load_online_images(run, ckpt)
+    else:
+        online.add_rows(ckpt["replay"])
+        if ckpt.get("imitated") is not None:
+            if not imitate:
+                raise TrainConfigError(
+                    f"{run / 'checkpoint.pt'} holds {len(ckpt['imitated']['obs'])} imitated transitions (a run with "
+                    "online.imitate_successes=true): resume it with online.imitate_successes=true")
+            offline.add_rows(ckpt["imitated"])
+    rng.bit_generator.state = ckpt["rng"]
+    torch.set_rng_state(ckpt["torch_rng"])
+    return online

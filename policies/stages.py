@@ -9,6 +9,7 @@ from pathlib import Path
 
 from policies.config import TrainConfigError, offline_threads, tool_config
 from policies.episode import PolicyView
+from policies.online_store import keeps_episodes
 from policies.rewards import success_threshold
 
 
@@ -19,7 +20,7 @@ class Rig:
     cameras: tuple[str, ...]          # the reward model's cameras (its demonstrations' frames)
     image_size: int                   # the reward model's frame size
     score_cams: list[str]             # frames the reward models score after each episode
-    env_cams: list[str]               # frames the training env renders (scored + the image policy's)
+    env_cams: list[str]               # frames the training env renders (scored + the image policy's + the online store's)
     render_size: int
     view: PolicyView | None           # the image policy's cameras and size (None: the state policy)
 
@@ -42,7 +43,8 @@ def load_reward_models(cfg):
 
 def plan_rig(cfg, model, judge, uses_model: bool) -> Rig:
     """The env renders what the reward model scores; the image policy adds its cameras, rendered at the
-    reward model's size and resized per step, or at its own size when no reward reads frames."""
+    reward model's size and resized per step, or at its own size when no reward reads frames. A state
+    policy whose reward reads no frames renders the reward rig for the online store with ``keep_episodes=true``."""
     perceptual = cfg.reward.kind == "perceptual"  # its rig comes from its config
     if model is not None:
         cameras, model_size = tuple(model.cameras), model.image_size[0]
@@ -64,6 +66,8 @@ def plan_rig(cfg, model, judge, uses_model: bool) -> Rig:
     if view is not None:
         env_cams = list(dict.fromkeys([*env_cams, *view.cameras]))
         render_size = image_size if score_cams else view.image_size[0]
+    elif not env_cams and keeps_episodes(cfg, renders=False):  # keep_episodes=true: the store's frames, the reward rig's
+        env_cams = list(cameras)
     return Rig(cameras, image_size, score_cams, env_cams, render_size, view)
 
 

@@ -33,6 +33,7 @@ SCRIPT_CONFIGS = {
     "stepwise-train-reset-free": "reset_free",
     "stepwise-robot-server": "robot_server",
     "stepwise-deploy": "deploy",
+    "stepwise-failures": "failures",
 }
 COMMAND = re.compile(r"(?:\.venv/bin/)?(stepwise-[a-z]+(?:-[a-z]+)*)\b((?:[ \t]+[^\s`|;&#]+)*)")
 OVERRIDE = re.compile(r"^[A-Za-z_][\w.]*=\S*$")

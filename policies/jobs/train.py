@@ -13,7 +13,8 @@ The job, in order (each stage resumes after a kill):
    eval split (variants the demonstrations and training never saw);
 5. write ``report.json``, ``report.md``, ``success_curve.png``, TensorBoard logs (``tb/``) and
    ``checkpoint.pt`` (everything a resume needs: agent with optimisers and temperature, online
-   replay, counters, random states, history).
+   replay, counters, random states, history); with ``keep_episodes`` every online episode goes to
+   ``online_episodes.hdf5`` as it ends (`policies.online_store`), the data of ``stepwise-failures``.
 
 The policy (``policy``): ``state`` is SAC on the simulator's 39-d state (privileged, a simulation
 ceiling); ``image`` is ImageSAC on camera frames + proprio, the path that runs on a robot. The image
@@ -43,7 +44,8 @@ from policies.loop import episode_row, evaluate, run_episode
 from policies.pretrain import anneal_bc, bc_warm_start, calql_pretrain
 from policies.report import write_train_report
 from policies.rewards import RewardPipeline
-from policies.run_dir import RunState, existing_checkpoint, load_checkpoint, load_online_images, save_checkpoint
+from policies.online_store import OnlineEpisodeStore, keeps_episodes
+from policies.run_dir import RunState, existing_checkpoint, load_checkpoint, resume_learner, save_checkpoint
 from policies.stages import adapt_progress_model, collect_demos, load_reward_models, make_envs, plan_rig
 
 log = logging.getLogger("stepwise.train")
@@ -156,13 +158,18 @@ def run(cfg, run_dir: str | Path) -> dict:
     n_episodes = cfg.online.episodes if cfg.algo != "bc" else 0
     if state.phase == "done" and state.episode < n_episodes:  # resumed with more episodes: extend the run
         state.phase = "online"
+    kept = (OnlineEpisodeStore(run, spec.name, spec.instruction, rig.env_cams, rig.render_size, state.episode)
+            if keeps_episodes(cfg, renders=bool(rig.env_cams)) else None)
     bar = tqdm(total=n_episodes, initial=state.episode, desc="online", unit="ep")
     t_online = time.perf_counter()
     while state.phase == "online" and state.episode < n_episodes:
         anneal_bc(agent, state.episode, cfg.online.bc_anneal_episodes, cfg.online.bc_final)
-        rec, stats = run_episode(cfg, env, agent, replay, rng, state, batch_rows, rig.score_cams, view)
+        rec, stats = run_episode(cfg, env, agent, replay, rng, state, batch_rows, rig.score_cams, view,
+                                 rig.env_cams if kept is not None else ())
         terms = pipeline(rec)
         add_to_replay(online, rec, terms)
+        if kept is not None:
+            kept.add(state.episode, rec, terms)
         # self-imitation: an episode that ended at the learner's own success signal (the true terminal
         # the env gave: the simulator's success, or the classifier's) joins the demonstrations, for the
         # offline half of each batch and the BC term
@@ -181,6 +188,8 @@ def run(cfg, run_dir: str | Path) -> dict:
             run_eval(eval_seeds)
             checkpoint()
     bar.close()
+    if kept is not None:
+        kept.close()
     if state.phase == "online":
         stage_done("online", t_online)
         state.phase = "done"
@@ -201,29 +210,6 @@ def run(cfg, run_dir: str | Path) -> dict:
     env.close()
     eval_env.close()
     return report
-
-
-def resume_learner(run: Path, ckpt: dict, agent, online, offline, rng, image_policy: bool, imitate: bool):
-    """Restore the agent, replay (returned: the image policy's is read from its own file) and random
-    states from ``ckpt``; a checkpoint that does not fit these settings says which to use."""
-    try:
-        agent.load_state_dict(ckpt["agent"])
-    except (ValueError, RuntimeError, KeyError) as err:
-        raise TrainConfigError(f"{run / 'checkpoint.pt'} does not fit these settings ({err}): resume with the run's "
-                               f"own settings ({run / '.hydra' / 'config.yaml'}) or use another hydra.run.dir") from err
-    if image_policy:
-        online = load_online_images(run, ckpt)
-    else:
-        online.add_rows(ckpt["replay"])
-        if ckpt.get("imitated") is not None:
-            if not imitate:
-                raise TrainConfigError(
-                    f"{run / 'checkpoint.pt'} holds {len(ckpt['imitated']['obs'])} imitated transitions (a run with "
-                    "online.imitate_successes=true): resume it with online.imitate_successes=true")
-            offline.add_rows(ckpt["imitated"])
-    rng.bit_generator.state = ckpt["rng"]
-    torch.set_rng_state(ckpt["torch_rng"])
-    return online
 
 
 def main() -> None:
