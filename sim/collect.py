@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from sim.keyframes import EVENT_SIGNALS, step_keyframes
+from sim.tasks import get_task
 from sim.world import FPS, SimTask
 
 log = logging.getLogger(__name__)
@@ -149,6 +150,7 @@ def plan_episodes(
     noise: float = 0.1,
     max_steps: int = 500,
     require_success: bool = True,
+    success_steps: dict[int, int | None] | None = None,
 ) -> list[Plan]:
     """Deterministic plan: ``episodes`` expert demos, then ``failures`` episodes of each kind.
 
@@ -156,6 +158,7 @@ def plan_episodes(
     render-free) expert rollout fails is skipped, since Meta-World's experts fail on a few
     percent of variants. Failures take the seeds after the demos' and need an expert rollout
     that succeeds too, so that each failure is a real departure from a solvable episode.
+    ``success_steps``, if given, receives seed -> the step where that rollout first succeeds.
     """
     for kind in failure_kinds:
         if kind not in FAILURE_KINDS:
@@ -174,7 +177,10 @@ def plan_episodes(
                 )
             ok = True
             if require_success:
-                ok = _rollout_actions(task, candidate, noise, max_steps, 0)[1] is not None
+                at = _rollout_actions(task, candidate, noise, max_steps, 0)[1]
+                ok = at is not None
+                if success_steps is not None:
+                    success_steps[candidate] = at
             if ok:
                 plans.append(Plan(kind, candidate))
                 taken += 1
@@ -182,28 +188,61 @@ def plan_episodes(
     return plans
 
 
-def collect(cfg) -> str:
+def store_path(cfg, task: str) -> Path:
+    """Where ``cfg`` collects ``task``: ``<cfg.out>/<short name>.hdf5``."""
+    return Path(cfg.out) / f"{get_task(task).short_name}.hdf5"
+
+
+def plan_task(cfg, name: str):
+    """``name``'s :class:`sim.corpus.TaskPlan`, without rendering (looks and cameras never move the physics)."""
+    from sim.corpus import TaskPlan, episode_steps
+
+    task = SimTask(name, cameras=[], split=cfg.split)
+    try:
+        at: dict[int, int | None] = {}
+        plans = plan_episodes(task, int(cfg.episodes), int(cfg.seed), int(cfg.failures), list(cfg.failure_kinds),
+                              float(cfg.noise), int(cfg.max_steps), bool(cfg.require_success), success_steps=at)
+        for p in plans:
+            if p.seed not in at:  # require_success=false plans without rollouts
+                at[p.seed] = _rollout_actions(task, p.seed, float(cfg.noise), int(cfg.max_steps), 0)[1]
+        steps = [episode_steps(p.kind, at[p.seed], int(cfg.max_steps), int(cfg.post_success_steps)) for p in plans]
+    finally:
+        task.close()
+    return TaskPlan(task.spec.name, str(store_path(cfg, name)), plans, steps)
+
+
+def task_job(cfg: dict, job: tuple, emit) -> None:
+    """One job of a corpus run (``sim.corpus`` says which messages go to ``emit``)."""
+    from omegaconf import OmegaConf
+
+    conf = OmegaConf.merge(OmegaConf.create(cfg), {"task": job[1]})
+    if job[0] == "plan":
+        return emit(("planned", job[1], plan_task(conf, job[1])))
+    on_episode = lambda ep: emit(("episode", job[1], ep.kind))  # noqa: E731
+    emit(("done", job[1], collect(conf, plans=job[2], on_episode=on_episode, progress=job[3])))
+
+
+def collect(cfg, plans: list[Plan] | None = None, on_episode=None, progress: bool = True) -> str:
     """Collect the episodes ``cfg`` asks for into ``<cfg.out>/<task>.hdf5``; resumes a partial store.
 
     With ``randomize`` on (e.g. ``randomize=corpus``) each episode is rendered with its own look,
     drawn from ``(randomize_seed, split, seed)`` (so a resumed run redraws the same looks); the look
     is stored as the episode attr ``look`` (a JSON string: the store keeps scalar attrs only) and the
-    bounds under ``env_args["randomize"]``. Returns the store's path.
+    bounds under ``env_args["randomize"]``. ``plans``: the task's plan if already made (by
+    :func:`plan_task`; the same as planning here), ``on_episode(ep)`` is called after each episode
+    is stored, ``progress`` shows this task's own tqdm bar. Returns the store's path.
     """
-    from pathlib import Path
-
     from tqdm import tqdm
 
     from omegaconf import OmegaConf
 
     from episodes import EpisodeWriter, StoreError
     from sim.randomize import from_config
-    from sim.tasks import get_task
 
     spec = get_task(cfg.task)
     if int(cfg.episodes) < 0 or int(cfg.failures) < 0:
         raise ValueError(f"episodes and failures must be >= 0, got {cfg.episodes} and {cfg.failures}")
-    path = Path(cfg.out) / f"{spec.short_name}.hdf5"
+    path = store_path(cfg, spec.name)
     env_args = {
         "task": spec.name,
         "cameras": list(cfg.cameras),
@@ -225,19 +264,23 @@ def collect(cfg) -> str:
         except StoreError as err:
             raise StoreError(f"{err}\nTo collect with these settings, choose another out= directory.") from err
         with writer:
-            plans = plan_episodes(task, int(cfg.episodes), int(cfg.seed), int(cfg.failures),
-                                  list(cfg.failure_kinds), float(cfg.noise), int(cfg.max_steps),
-                                  bool(cfg.require_success))
+            if plans is None:
+                plans = plan_episodes(task, int(cfg.episodes), int(cfg.seed), int(cfg.failures),
+                                      list(cfg.failure_kinds), float(cfg.noise), int(cfg.max_steps),
+                                      bool(cfg.require_success))
             done = len(writer)
             if done:
                 log.info("resuming %s: %d of %d episodes already there", path, done, len(plans))
-            bar = tqdm(plans[done:], desc=f"collect {spec.short_name}", unit="ep", initial=done, total=len(plans))
+            bar = tqdm(plans[done:], desc=f"collect {spec.short_name}", unit="ep", initial=done, total=len(plans),
+                       disable=not progress)
             for plan in bar:
                 ep = record_episode(task, plan, noise=float(cfg.noise), max_steps=int(cfg.max_steps),
                                     post_success_steps=int(cfg.post_success_steps),
                                     failure_noise=float(cfg.failure_noise),
                                     min_step_frames=int(cfg.min_step_frames))
                 writer.add(ep)
+                if on_episode is not None:
+                    on_episode(ep)
                 bar.set_postfix(kind=plan.kind, success=ep.success, steps=ep.num_steps)
     finally:
         task.close()
@@ -248,25 +291,32 @@ def main() -> None:
     """Console entry point (Hydra): ``stepwise-collect task=metaworld/drawer-open episodes=5``."""
     from configs.entry import hydra_job
     from episodes import StoreError
+    from sim.corpus import CorpusError
     from sim.rendering import CameraError
     from sim.tasks import UnknownTaskError
 
-    hydra_job("stepwise-collect", "collect", _job, errors=(StoreError, CameraError, UnknownTaskError, ValueError))
+    hydra_job("stepwise-collect", "collect", _job,
+              errors=(StoreError, CameraError, UnknownTaskError, ValueError, CorpusError))
 
 
 def _job(cfg, run_dir: Path) -> None:
-    """Collect one store per task (``task=`` a task name, a split's group name, or ``all``)."""
-    from omegaconf import OmegaConf
+    """Collect one store per task (``task=`` a task name, a list of names, a split's group, or ``all``)."""
+    from omegaconf import ListConfig
 
     from episodes import summarize
+    from sim.corpus import run_corpus
     from sim.tasks import list_tasks, task_split
 
     groups = {**task_split(), "all": None}
-    names = [cfg.task]
-    if cfg.task in groups:  # a whole task group: one store per task
+    if isinstance(cfg.task, ListConfig):
+        names = [get_task(t).name for t in cfg.task]
+    elif cfg.task in groups:  # a whole task group: one store per task
         names = groups[cfg.task] or list_tasks()
-    for name in names:
-        print(summarize(collect(OmegaConf.merge(cfg, {"task": name}))))
+    else:  # one task: its own progress bar and summary table, its error as it is
+        for path in run_corpus(cfg, [get_task(cfg.task).name], task_job, single=True):
+            print(summarize(path))
+        return
+    run_corpus(cfg, names, task_job)
 
 
 if __name__ == "__main__":
