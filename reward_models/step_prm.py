@@ -2,8 +2,18 @@
 for two CPU cores.
 
 Architecture: one convolutional encoder shared by every camera (frames resized to
-``encoder_size``), a learned embedding per camera, and attention pooling over cameras (a learned
-query) fusing any subset of views into one state vector, so every single camera works alone.
+``encoder_size``) and a learned embedding per camera. Two ways to fuse the cameras (``fusion``):
+
+- ``attention`` (the shipped ``general-v1``): attention pooling over cameras (a learned query)
+  fuses any subset of views into one state vector before the pair head.
+- ``mixture``: the pair head runs on each camera alone and outputs, besides that camera's hop
+  distribution, a confidence logit; the fused distribution is the confidence-weighted mixture
+  ``p(h) = sum_v softmax(c)_v p_v(h)``. Training adds each camera's own hop loss (``view_loss_weight``),
+  so every camera is a calibrated estimator by itself and the mixture can only move mass towards
+  the cameras that are sure, pair by pair (a hidden handle in one view gets a flat, low-confidence
+  distribution there and the other views decide).
+
+Either way every single camera and every subset works alone.
 The instruction is embedded by the packaged all-MiniLM-L6-v2 sentence encoder (384-d, offline)
 and projected. A pair head reads (start anchor, goal anchor or a learned "no goal" vector, BEFORE,
 AFTER, AFTER - BEFORE, instruction) and outputs a distribution over ``num_bins`` hop bins in
@@ -34,6 +44,7 @@ from reward_models.progress import backward, bin_centers, forward, incremental
 
 TEXT_DIM = 384
 PERSPECTIVE_CHOICES = ("fused", "incremental", "forward", "backward")
+FUSION_CHOICES = ("attention", "mixture")
 
 
 @dataclass
@@ -48,6 +59,8 @@ class StepPRMConfig:
         dim: state / text embedding size.
         num_bins: K, hop bins over [-1, 1].
         perspective: default progress perspective (fused, incremental, forward, backward).
+        fusion: ``attention`` (pool views into one state) or ``mixture`` (per-camera hop
+            distributions mixed by learned confidences); see the module docstring.
         device: ``auto`` (GPU when present), ``cpu`` or ``cuda``.
         text_cache: instruction -> embedding, filled as instructions are seen.
     """
@@ -59,6 +72,7 @@ class StepPRMConfig:
     dim: int = 256
     num_bins: int = 25
     perspective: str = "fused"
+    fusion: str = "attention"
     device: str = "auto"
     text_cache: dict[str, list[float]] = field(default_factory=dict)
 
@@ -95,32 +109,64 @@ class StepPRMNet(nn.Module):
         self.key = nn.Linear(d, d)
         self.no_goal = nn.Parameter(torch.zeros(d))
         self.text = nn.Sequential(nn.Linear(TEXT_DIM, d), nn.LayerNorm(d))
+        self.mixture = cfg.fusion == "mixture"
         self.head = nn.Sequential(
             nn.Linear(6 * d, 512), nn.LayerNorm(512), nn.GELU(),
             nn.Linear(512, 512), nn.GELU(),
-            nn.Linear(512, cfg.num_bins),
+            nn.Linear(512, cfg.num_bins + int(self.mixture)),  # mixture: + a confidence logit
         )
         self.register_buffer("mean", torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1) * 255)
         self.register_buffer("std", torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1) * 255)
 
     def encode_states(self, images: torch.Tensor, camera_ids: list[int], view_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """images uint8 (B, V, H, W, 3) of cameras ``camera_ids`` -> fused states (B, dim).
+        """images uint8 (B, V, H, W, 3) of cameras ``camera_ids`` -> states: fused (B, dim) with
+        attention fusion, per camera (B, V, dim) with mixture fusion (views are then combined per
+        pair by :meth:`hop_logp`, which takes the mask).
 
-        ``view_mask`` bool (B, V) hides views (camera dropout in training).
+        ``view_mask`` bool (B, V) hides views (camera dropout in training; attention fusion only).
         """
         b, v = images.shape[:2]
         x = images.reshape(b * v, *images.shape[2:]).permute(0, 3, 1, 2).float()
         x = resize_for_encoder(x, self.cfg.encoder_size)
         x = (x - self.mean) / self.std
         feats = self.view(x).view(b, v, -1) + self.camera_embedding[camera_ids]
+        if self.mixture:
+            return feats
         scores = (self.key(feats) * self.query).sum(-1) / feats.shape[-1] ** 0.5  # (B, V)
         if view_mask is not None:
             scores = scores.masked_fill(~view_mask, float("-inf"))
         return (scores.softmax(-1).unsqueeze(-1) * feats).sum(1)
 
-    def hop_logits(self, start, goal, before, after, text) -> torch.Tensor:
-        """Logits over hop bins for BEFORE -> AFTER; all (B, dim); ``goal`` None rows use no_goal."""
-        return self.head(torch.cat([start, goal, before, after, after - before, text], dim=-1))
+    def no_goal_like(self, states: torch.Tensor, n: int) -> torch.Tensor:
+        """The learned "no goal" anchor as n rows shaped like ``states`` rows."""
+        return self.no_goal.expand(n, *states.shape[1:])
+
+    def hop_logp(self, start, goal, before, after, text, view_mask: torch.Tensor | None = None,
+                 per_view: bool = False):
+        """Log-probabilities (B, K) over hop bins for BEFORE -> AFTER.
+
+        States are (B, dim) (attention fusion) or (B, V, dim) (mixture fusion); ``text`` (B, dim).
+        With mixture fusion ``view_mask`` bool (B, V) hides views from the mixture, and
+        ``per_view=True`` also returns each camera's own log-probabilities (B, V, K).
+        """
+        if not self.mixture:
+            logp = self.head(torch.cat([start, goal, before, after, after - before, text], dim=-1)).log_softmax(-1)
+            return (logp, None) if per_view else logp
+        text = text.unsqueeze(1).expand_as(after)
+        out = self.head(torch.cat([start, goal, before, after, after - before, text], dim=-1))  # (B, V, K+1)
+        views = out[..., :-1].log_softmax(-1)
+        conf = out[..., -1]
+        if view_mask is not None:
+            conf = conf.masked_fill(~view_mask, float("-inf"))
+        logp = torch.logsumexp(conf.log_softmax(-1).unsqueeze(-1) + views, dim=1)
+        return (logp, views) if per_view else logp
+
+    def view_weights(self, start, goal, before, after, text) -> torch.Tensor:
+        """Mixture fusion: each camera's weight (B, V) in the fused hop distribution."""
+        if not self.mixture:
+            raise ValueError("view weights exist only for fusion=mixture models")
+        text = text.unsqueeze(1).expand_as(after)
+        return self.head(torch.cat([start, goal, before, after, after - before, text], dim=-1))[..., -1].softmax(-1)
 
 
 @register("step_prm")
@@ -135,6 +181,8 @@ class StepPRM(DataclassConfigModel):
         self.cfg.image_size = tuple(self.cfg.image_size)
         if self.cfg.perspective not in PERSPECTIVE_CHOICES:
             raise ValueError(f"perspective {self.cfg.perspective!r} unknown: use one of {PERSPECTIVE_CHOICES}")
+        if self.cfg.fusion not in FUSION_CHOICES:
+            raise ValueError(f"fusion {self.cfg.fusion!r} unknown: use one of {FUSION_CHOICES}")
         self.device = resolve_device(self.cfg.device)
         self.net = (net or StepPRMNet(self.cfg)).to(self.device)
         self.centers = torch.tensor(bin_centers(self.cfg.num_bins), dtype=torch.float32, device=self.device)
@@ -175,7 +223,7 @@ class StepPRM(DataclassConfigModel):
 
     @torch.no_grad()
     def encode(self, frames: Mapping[str, np.ndarray], cameras: tuple[str, ...] | None = None, batch: int = 256) -> torch.Tensor:
-        """Fused state embeddings of every frame, (T, dim)."""
+        """State embeddings of every frame: fused (T, dim), or per camera (T, V, dim) with mixture fusion."""
         cameras = self._check_cameras(cameras)
         check_frames(frames, cameras, self.image_size, known=self.cfg.cameras)
         ids = [self.cfg.cameras.index(c) for c in cameras]
@@ -194,7 +242,7 @@ class StepPRM(DataclassConfigModel):
         return cameras
 
     def _encode_with_goal(self, frames, reference: Any, cameras) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Encoded frames (T, dim) and the reference's goal anchor (1, dim) or None."""
+        """Encoded frames (T, ...) and the reference's goal anchor (1, ...) or None."""
         ids = self._check_cameras(cameras)
         states = self.encode(frames, ids)
         goal = self.encode(reference_goal_frames(reference, ids), ids) if reference is not None else None
@@ -209,16 +257,16 @@ class StepPRM(DataclassConfigModel):
 
     @torch.no_grad()
     def hops_from_states(self, states: torch.Tensor, instruction: str, goal: torch.Tensor | None = None) -> dict[str, np.ndarray]:
-        """:meth:`hops` on encoded states (T, dim); ``goal`` (1, dim) or None (no reference)."""
+        """:meth:`hops` on encoded states (T, ...) from :meth:`encode`; ``goal`` (1, ...) or None (no reference)."""
         self.net.eval()
         n = len(states)
         text = self.net.text(self.text_embedding(instruction)).expand(n, -1)
-        start = states[:1].expand(n, -1)
-        goal_rows = (goal if goal is not None else self.net.no_goal[None]).expand(n, -1)
+        start = states[:1].expand(n, *states.shape[1:])
+        goal_rows = (goal if goal is not None else self.net.no_goal_like(states, 1)).expand(n, *states.shape[1:])
 
         def expect(before, after):
             m = len(after)
-            probs = self.net.hop_logits(start[:m], goal_rows[:m], before, after, text[:m]).softmax(-1)
+            probs = self.net.hop_logp(start[:m], goal_rows[:m], before, after, text[:m]).exp()
             return (probs * self.centers).sum(-1), probs
 
         out: dict[str, np.ndarray] = {}
@@ -228,12 +276,12 @@ class StepPRM(DataclassConfigModel):
         out["forward"] = fwd.cpu().numpy()
         out["p_forward_top"] = probs[:, -1].cpu().numpy()
         if goal is not None:
-            out["backward"] = expect(goal.expand(n, -1), states)[0].cpu().numpy()
+            out["backward"] = expect(goal.expand(n, *states.shape[1:]), states)[0].cpu().numpy()
         return out
 
     def progress_from_states(self, states: torch.Tensor, instruction: str, goal: torch.Tensor | None = None,
                              perspective: str | None = None, hops: dict[str, np.ndarray] | None = None) -> np.ndarray:
-        """:meth:`progress` on encoded states (T, dim); ``hops`` reuses :meth:`hops_from_states` output."""
+        """:meth:`progress` on encoded states (T, ...); ``hops`` reuses :meth:`hops_from_states` output."""
         perspective = perspective or self.cfg.perspective
         if perspective not in PERSPECTIVE_CHOICES:
             raise ValueError(f"perspective {perspective!r} unknown: use one of {PERSPECTIVE_CHOICES}")

@@ -73,7 +73,8 @@ def train(cfg) -> StepPRM:
         r = cfg.reward
         model = StepPRM(StepPRMConfig(cameras=tuple(r.cameras), image_size=(int(r.image_size), int(r.image_size)),
                                       encoder_size=int(r.encoder_size), width=int(r.width), dim=int(r.dim),
-                                      num_bins=int(r.num_bins), perspective=r.model_perspective, device=r.device))
+                                      num_bins=int(r.num_bins), perspective=r.model_perspective,
+                                      fusion=str(r.get("fusion", "attention")), device=r.device))
     episodes = load_episodes(cfg.data, model.cameras, cfg.max_episodes_per_task, resize_to=model.cfg.encoder_size)
     val = [ep for k, ep in enumerate(episodes) if cfg.val_every_nth and k % int(cfg.val_every_nth) == 0]
     train_eps = [ep for ep in episodes if not any(ep is v for v in val)] or episodes
@@ -107,6 +108,7 @@ def train(cfg) -> StepPRM:
     writer = SummaryWriter(str(out / "tb"))
     text_table = torch.stack([model.text_embedding(t) for t in sampler.instructions])
     cam_ids = list(range(len(model.cameras)))
+    view_weight = float(cfg.get("view_loss_weight", 0.5))
     bar = tqdm(range(step, steps), initial=step, total=steps, desc="train step_prm", unit="step")
     t0 = time.perf_counter()
     for step in bar:
@@ -119,14 +121,22 @@ def train(cfg) -> StepPRM:
         single = torch.rand(s, generator=gen) < float(cfg.single_view_prob)  # camera dropout
         pick = torch.randint(0, v, (s,), generator=gen)
         mask[single] = F.one_hot(pick[single], v).bool()
-        enc = net.encode_states(images, cam_ids, mask.to(model.device))
-        goal_idx = torch.from_numpy(batch.goal)
-        goal = torch.where((goal_idx >= 0)[:, None].to(model.device), enc[goal_idx.clamp(min=0)], net.no_goal.expand(len(goal_idx), -1))
+        mask = mask.to(model.device)
+        enc = net.encode_states(images, cam_ids, mask)
+        goal_idx = torch.from_numpy(batch.goal).to(model.device)
+        goal = torch.where((goal_idx >= 0).view(-1, *[1] * (enc.dim() - 1)), enc[goal_idx.clamp(min=0)],
+                           net.no_goal_like(enc, len(goal_idx)))
         text = net.text(text_table[torch.from_numpy(batch.text)])
-        logits = net.hop_logits(enc[batch.start], goal, enc[batch.before], enc[batch.after], text)
         hops = torch.from_numpy(batch.hop).to(model.device)
         censored = None if batch.censored is None else torch.from_numpy(batch.censored).to(model.device)
+        # mixture fusion: the pair's view mask is its AFTER state's (camera dropout per state)
+        logits, views = net.hop_logp(enc[batch.start], goal, enc[batch.before], enc[batch.after], text,
+                                     view_mask=mask[batch.after], per_view=True)
         loss = hop_loss(logits, hops, censored, model.centers)
+        if views is not None and view_weight > 0:  # each camera's own estimate, trained alone
+            flat = views.reshape(-1, views.shape[-1])
+            rep = lambda t: None if t is None else t.repeat_interleave(views.shape[1])  # noqa: E731
+            loss = loss + view_weight * hop_loss(flat, rep(hops), rep(censored), model.centers)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
