@@ -62,6 +62,8 @@ class StepPRMConfig:
         fusion: ``attention`` (pool views into one state) or ``mixture`` (per-camera hop
             distributions mixed by learned confidences); see the module docstring.
         device: ``auto`` (GPU when present), ``cpu`` or ``cuda``.
+        success_calibration: Platt scaling ``[a, b]`` of ``success_prob`` (None: the raw top-bin mass);
+            fitted by :func:`reward_models.calibration.calibrate`.
         text_cache: instruction -> embedding, filled as instructions are seen.
     """
 
@@ -74,6 +76,7 @@ class StepPRMConfig:
     perspective: str = "fused"
     fusion: str = "attention"
     device: str = "auto"
+    success_calibration: list[float] | None = None
     text_cache: dict[str, list[float]] = field(default_factory=dict)
 
 
@@ -306,11 +309,17 @@ class StepPRM(DataclassConfigModel):
         states, goal = self._encode_with_goal(frames, reference, cameras)
         hops = self.hops_from_states(states, instruction, goal)
         progress = self.progress_from_states(states, instruction, goal, perspective, hops=hops)
-        return progress, np.clip(hops["p_forward_top"], 0, 1).astype(np.float32)
+        return progress, self._calibrated(hops["p_forward_top"])
 
     def success_prob(self, frames, instruction: str, reference: Any = None, cameras=None) -> np.ndarray:
-        """P(done) per frame: the mass of the top forward-hop bin (hop ~ 1 from the start)."""
-        return np.clip(self.hops(frames, instruction, reference, cameras)["p_forward_top"], 0, 1).astype(np.float32)
+        """P(done) per frame: the mass of the top forward-hop bin (hop ~ 1 from the start), Platt-scaled
+        when the model carries a ``success_calibration``."""
+        return self._calibrated(self.hops(frames, instruction, reference, cameras)["p_forward_top"])
+
+    def _calibrated(self, p_top: np.ndarray) -> np.ndarray:
+        from reward_models.calibration import apply_platt
+
+        return apply_platt(np.clip(p_top, 0, 1), self.cfg.success_calibration)
 
 
 def reference_goal_frames(reference: Any, cameras: tuple[str, ...]) -> dict[str, np.ndarray]:

@@ -4,6 +4,10 @@
     stepwise-train-rm reward=step_prm init=general data=data/demo/drawer-open.hdf5 \
         max_episodes_per_task=1 steps=300 lr=1e-4 out=runs/drawer-open-1shot
 
+``calibrate_data=<stores>`` (episodes the model is not trained on, successes and failures) fits the
+Platt scaling of ``success_prob`` after training (:mod:`reward_models.calibration`); on a finished
+run it calibrates without training again.
+
 Progress bar, TensorBoard logs in ``out/tb``, and resumable: a killed run restarts from
 ``out/trainer_state.pt`` when run again with the same ``out``. The finished model is a checkpoint
 directory at ``out`` (``reward_models.load(out)``).
@@ -158,6 +162,13 @@ def train(cfg) -> StepPRM:
             writer.add_scalar("val/voc_forward", voc, step)
             log.info("step %d: loss %.3f hop_mae %.3f val VOC(forward) %.3f (%.1f steps/s)",
                      step + 1, loss.item(), mae, voc, (step + 1) / (time.perf_counter() - t0))
+    if cfg.get("calibrate_data"):
+        from reward_models.calibration import calibrate
+
+        fit = calibrate(model, cfg.calibrate_data)
+        log.info("success_prob calibrated on %d frames of %d episodes (%d tasks): a=%.3f b=%.3f, ECE %.3f -> %.3f",
+                 fit["frames"], fit["episodes"], fit["tasks"], fit["a"], fit["b"], fit["ece_before"], fit["ece_after"])
+        writer.add_scalar("calibration/ece_after", fit["ece_after"], steps)
     writer.close()
     model.save(out)
     return model

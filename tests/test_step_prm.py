@@ -326,3 +326,36 @@ def test_failures_as_negatives_stop_near_misses_being_rated_done(near_miss_store
             assert done > probs[share] + 0.2, (done, probs)
     # measured: 0.56 without failures, 0.34 with (fixed seeds, 200 steps)
     assert probs[0.3] < 0.45 and probs[0.3] < probs[0.0] - 0.1, probs
+
+
+def test_platt_fit_recovers_a_known_calibration_map():
+    from reward_models.calibration import apply_platt, fit_platt, logit
+
+    rng = np.random.default_rng(0)
+    raw = rng.uniform(0.01, 0.99, 20000)
+    truth = 1 / (1 + np.exp(-(0.5 * logit(raw) - 1.0)))  # an overconfident, too-eager P(done)
+    label = rng.uniform(size=raw.shape) < truth
+    a, b = fit_platt(raw, label)
+    assert a == pytest.approx(0.5, abs=0.05) and b == pytest.approx(-1.0, abs=0.05)
+    np.testing.assert_allclose(apply_platt(raw, (a, b)), truth, atol=0.03)
+    with pytest.raises(ValueError, match="both classes"):
+        fit_platt(raw, np.zeros_like(raw))
+
+
+def test_calibrated_success_prob_keeps_the_ranking_and_lowers_ece(tiny_store, tmp_path):
+    from reward_models.calibration import calibrate
+
+    model = _small_model()
+    ep = EpisodeStore(tiny_store)[3]
+    frames = {c: ep.images[c] for c in CAMS}
+    raw = model.success_prob(frames, ep.instruction)
+    fit = calibrate(model, tiny_store)
+    assert model.cfg.success_calibration == [fit["a"], fit["b"]] and fit["episodes"] == 6
+    assert fit["ece_after"] <= fit["ece_before"] + 1e-9
+    cal = model.success_prob(frames, ep.instruction)
+    assert not np.allclose(cal, raw)
+    if fit["a"] > 0:  # a monotonic map: the order of frames by P(done) is kept
+        assert spearman(raw, cal) > 0.999
+    np.testing.assert_array_equal(model.score(frames, ep.instruction)[1], cal)
+    model.save(tmp_path / "cal")
+    np.testing.assert_array_equal(reward_models.load(tmp_path / "cal").success_prob(frames, ep.instruction), cal)
