@@ -17,6 +17,15 @@ the start anchor the hop lies below the top bin (H(start, s) <= 1 - w, w the bin
 goal anchor of the task it lies below the zero bin (H(goal, s) <= -w). The trainer maximises the
 probability mass at or under the bound, so near-misses stop being rated as done without the model
 being told a progress value nobody knows.
+
+Wrong instructions as negatives. A general model that never sees one scene under two instructions
+learns progress from the scene alone and ignores the text: on held-out door-open, whose scene is
+door-close's, it rated the opening door as door-close going backwards. With
+``instruction_negative_share`` q, a share q of batch slots take a successful episode of task A under
+the instruction of another training task B (half the time one of A's family, the tasks named alike,
+``door-close`` / ``door-lock`` / ``door-unlock``, which share A's scene), with B's goal anchors: the
+episode never completes B, so its pairs are censored exactly like a failure's. Pairs whose names
+differ only by ``-wall`` (``reach`` / ``reach-wall``) are never used: one's success can be the other's.
 """
 
 from __future__ import annotations
@@ -133,9 +142,13 @@ class PairSampler:
     def __init__(self, episodes: list[TrainEpisode], num_bins: int, frames_per_episode: int = 12,
                  pairs_per_episode: int = 48, swap_anchor_prob: float = 0.75, drop_goal_prob: float = 0.3,
                  zero_hop_share: float = 0.05, gap_bins: int = 4, seed: int = 0,
-                 failures: list[TrainEpisode] | None = None, failure_share: float = 0.25) -> None:
+                 failures: list[TrainEpisode] | None = None, failure_share: float = 0.25,
+                 instruction_negative_share: float = 0.0) -> None:
         if not 0.0 <= failure_share < 1.0:
             raise ValueError(f"failure_share={failure_share}: the share of failure episodes per batch must be in [0, 1)")
+        if not 0.0 <= instruction_negative_share < 1.0 or failure_share + instruction_negative_share >= 1.0:
+            raise ValueError(f"instruction_negative_share={instruction_negative_share}: must be in [0, 1) and leave "
+                             f"successes in each batch with failure_share={failure_share}")
         self.episodes = episodes
         self.num_bins = num_bins
         self.frames = frames_per_episode
@@ -153,6 +166,9 @@ class PairSampler:
         for i, ep in enumerate(self.failures):
             self.failures_by_task.setdefault(ep.task, []).append(i)
         self.failure_share = failure_share if self.failures else 0.0
+        self.confusable = {t: confusable_tasks(t, list(self.by_task)) for t in self.by_task}
+        self.instruction_negative_share = instruction_negative_share if any(self.confusable.values()) else 0.0
+        self.instruction_of = {ep.task: ep.instruction for ep in episodes}
         self.width = 2.0 / num_bins
         self.instructions = sorted({ep.instruction for ep in episodes})
 
@@ -160,11 +176,19 @@ class PairSampler:
         peers = [j for j in self.by_task[self.episodes[i].task] if j != i]
         return int(self.rng.choice(peers)) if peers else i
 
-    def _failure_pairs(self, states: list, task: str) -> tuple[list, list, list, list, list, str]:
+    def _failure_pairs(self, states: list, task: str, wrong_instruction: bool = False) -> tuple[list, list, list, list, list, str]:
         """Censored pairs of one failure episode of ``task``: start -> frame below the top bin and
-        goal -> frame below the zero bin (see the module docstring)."""
+        goal -> frame below the zero bin (see the module docstring). ``wrong_instruction``: a
+        successful episode of ``task`` under another task's instruction, with that task's goal anchors."""
         rng = self.rng
-        ep = self.failures[int(rng.choice(self.failures_by_task[task]))]
+        goal_task, instruction = task, None
+        if wrong_instruction:
+            same, other = self.confusable[task]
+            goal_task = str(rng.choice(same if same and (rng.random() < 0.5 or not other) else other))
+            instruction = self.instruction_of[goal_task]
+            ep = self.episodes[int(rng.choice(self.by_task[task]))]
+        else:
+            ep = self.failures[int(rng.choice(self.failures_by_task[task]))]
         n = len(ep.images)
         idx = np.sort(rng.choice(n, size=min(self.frames, n), replace=False))
         idx[-1] = n - 1 if rng.random() < 0.5 else idx[-1]  # where a failure ends is the frame that matters most
@@ -174,7 +198,7 @@ class PairSampler:
         s_ep = ep if own else self.episodes[int(rng.choice(self.by_task[task]))]
         states.append(s_ep.images[0])
         s_idx = len(states) - 1
-        g_ep = self.episodes[int(rng.choice(self.by_task[task]))]
+        g_ep = self.episodes[int(rng.choice(self.by_task[goal_task]))]
         states.append(g_ep.images[g_ep.goal_index])
         g_idx = len(states) - 1
         half = self.pairs // 2
@@ -183,7 +207,7 @@ class PairSampler:
         bounds = [1.0 - self.width] * half + [-self.width] * (self.pairs - half)
         # start -> frame pairs keep the goal anchor too (as in success pairs) 70% of the time
         goals = [g_idx if rng.random() >= self.drop_goal_prob else -1 for _ in range(half)] + [g_idx] * (self.pairs - half)
-        return before, list(frames), bounds, [s_idx] * self.pairs, goals, ep.instruction
+        return before, list(frames), bounds, [s_idx] * self.pairs, goals, instruction or ep.instruction
 
     def sample(self, num_episodes: int) -> PairBatch:
         """One batch of pairs from ``num_episodes`` episodes (tasks drawn uniformly); with failures,
@@ -193,8 +217,11 @@ class PairSampler:
         states, start_i, goal_i, before, after, hops, texts, censored = [], [], [], [], [], [], [], []
         for _ in range(num_episodes):
             task = tasks[rng.integers(len(tasks))]
-            if task in self.failures_by_task and rng.random() < self.failure_share:
-                b, a, h, s_i, g_i, instruction = self._failure_pairs(states, task)
+            u = rng.random() if (self.failure_share or self.instruction_negative_share) else 1.0
+            failure = task in self.failures_by_task and u < self.failure_share
+            wrong = not failure and any(self.confusable[task]) and u > 1.0 - self.instruction_negative_share
+            if failure or wrong:
+                b, a, h, s_i, g_i, instruction = self._failure_pairs(states, task, wrong_instruction=wrong)
                 before += b
                 after += a
                 hops += h
@@ -254,3 +281,21 @@ class PairSampler:
         return PairBatch(np.stack(states), np.array(start_i), np.array(goal_i), np.array(before),
                          np.array(after), np.array(hops, dtype=np.float32), np.array(texts), self.instructions,
                          np.array(censored, dtype=bool))
+
+
+def _family(task: str) -> str:
+    return task.split("/", 1)[-1].split("-", 1)[0]
+
+
+def _wall_twins(a: str, b: str) -> bool:
+    strip = lambda t: t.split("/", 1)[-1].replace("-wall", "")  # noqa: E731
+    return strip(a) == strip(b)
+
+
+def confusable_tasks(task: str, tasks: list[str]) -> tuple[list[str], list[str]]:
+    """Tasks whose instruction an episode of ``task`` never fulfils: (same family, other families).
+    A family is the name's first word (``door-close`` / ``door-lock``: one scene); tasks that differ
+    only by ``-wall`` are left out of both (one's success can be the other's)."""
+    others = [t for t in tasks if t != task and not _wall_twins(t, task)]
+    same = [t for t in others if _family(t) == _family(task)]
+    return same, [t for t in others if _family(t) != _family(task)]

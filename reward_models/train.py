@@ -92,7 +92,8 @@ def train(cfg) -> StepPRM:
         log.info("failures as negatives: %d episodes of %d tasks (share %.2f of each batch)",
                  len(failures), len({f.task for f in failures}), share)
     sampler = PairSampler(train_eps, model.cfg.num_bins, int(cfg.frames_per_episode), int(cfg.pairs_per_episode),
-                          seed=int(cfg.seed), failures=failures, failure_share=share)
+                          seed=int(cfg.seed), failures=failures, failure_share=share,
+                          instruction_negative_share=float(cfg.get("instruction_negative_share", 0.0)))
     model.cache_instructions(sampler.instructions + [e.instruction for e in val])  # saved with the model
     net = model.net
     opt = torch.optim.AdamW(net.parameters(), lr=float(cfg.lr), weight_decay=float(cfg.weight_decay))

@@ -287,6 +287,34 @@ def test_pair_sampler_draws_censored_failure_pairs():
         PairSampler(succ, num_bins=25, failures=fails, failure_share=1.0)
 
 
+def test_wrong_instruction_pairs_are_censored_under_a_confusable_tasks_text():
+    from reward_models.pairs import confusable_tasks
+
+    tasks = ["metaworld/door-close", "metaworld/door-lock", "metaworld/reach", "metaworld/reach-wall"]
+    assert confusable_tasks("metaworld/door-close", tasks) == (["metaworld/door-lock"], ["metaworld/reach", "metaworld/reach-wall"])
+    assert confusable_tasks("metaworld/reach", tasks) == ([], ["metaworld/door-close", "metaworld/door-lock"])  # never reach-wall
+    texts = {t: t.split("/")[1] for t in tasks}
+    succ = [TrainEpisode(np.full((41, 1, 8, 8, 3), 10 * k + j, np.uint8), step_progress([20, 40], 41), 40, t, texts[t])
+            for k, t in enumerate(tasks) for j in range(2)]
+    plain = PairSampler(succ, num_bins=25, seed=3).sample(30)
+    assert not plain.censored.any()
+    batch = PairSampler(succ, num_bins=25, seed=3, instruction_negative_share=0.5).sample(60)
+    c = batch.censored
+    assert 0.3 < c.mean() < 0.7
+    np.testing.assert_allclose(np.unique(batch.hop[c]), [-2 / 25, 1 - 2 / 25], atol=1e-6)
+    owner = {10 * k + j: t for k, t in enumerate(tasks) for j in range(2)}
+    for i in np.flatnonzero(c):
+        task = owner[int(batch.states[batch.after[i]].flat[0])]  # the episode's own task (a success of it)
+        named = tasks[[texts[t] for t in tasks].index(batch.instructions[batch.text[i]])]
+        assert named != task and named in sum(confusable_tasks(task, tasks), [])
+        if batch.goal[i] >= 0:  # goal anchors are the named task's goal frames
+            assert owner[int(batch.states[batch.goal[i]].flat[0])] == named
+    assert not batch.censored[~c].any() and all(  # labelled pairs keep their own instruction
+        batch.instructions[batch.text[i]] == texts[owner[int(batch.states[batch.after[i]].flat[0])]] for i in np.flatnonzero(~c))
+    with pytest.raises(ValueError, match="instruction_negative_share"):
+        PairSampler(succ, num_bins=25, failure_share=0.5, instruction_negative_share=0.5)
+
+
 @pytest.fixture(scope="module")
 def near_miss_stores(tmp_path_factory):
     """reach: 6 demos + 4 near-misses to train on; 1 demo and 4 near-misses of later seeds to test on."""
