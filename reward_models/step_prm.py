@@ -13,7 +13,9 @@ Architecture: one convolutional encoder shared by every camera (frames resized t
   the cameras that are sure, pair by pair (a hidden handle in one view gets a flat, low-confidence
   distribution there and the other views decide).
 
-Either way every single camera and every subset works alone.
+Either way every single camera and every subset works alone. Given a reference demonstration, a
+mixture model also weighs its cameras by how well each alone orders that demonstration in time
+(``view_prior_temperature``, :meth:`StepPRM.view_prior`).
 The instruction is embedded by the packaged all-MiniLM-L6-v2 sentence encoder (384-d, offline)
 and projected. A pair head reads (start anchor, goal anchor or a learned "no goal" vector, BEFORE,
 AFTER, AFTER - BEFORE, instruction) and outputs a distribution over ``num_bins`` hop bins in
@@ -61,6 +63,8 @@ class StepPRMConfig:
         perspective: default progress perspective (fused, incremental, forward, backward).
         fusion: ``attention`` (pool views into one state) or ``mixture`` (per-camera hop
             distributions mixed by learned confidences); see the module docstring.
+        view_prior_temperature: mixture fusion with a reference demonstration: temperature of the
+            camera prior from each camera's VOC on the reference (:meth:`StepPRM.view_prior`); None: off.
         device: ``auto`` (GPU when present), ``cpu`` or ``cuda``.
         success_calibration: Platt scaling ``[a, b]`` of ``success_prob`` (None: the raw top-bin mass);
             fitted by :func:`reward_models.calibration.calibrate`.
@@ -75,6 +79,7 @@ class StepPRMConfig:
     num_bins: int = 25
     perspective: str = "fused"
     fusion: str = "attention"
+    view_prior_temperature: float | None = 0.1
     device: str = "auto"
     success_calibration: list[float] | None = None
     text_cache: dict[str, list[float]] = field(default_factory=dict)
@@ -145,12 +150,13 @@ class StepPRMNet(nn.Module):
         return self.no_goal.expand(n, *states.shape[1:])
 
     def hop_logp(self, start, goal, before, after, text, view_mask: torch.Tensor | None = None,
-                 per_view: bool = False):
+                 per_view: bool = False, view_prior: torch.Tensor | None = None):
         """Log-probabilities (B, K) over hop bins for BEFORE -> AFTER.
 
         States are (B, dim) (attention fusion) or (B, V, dim) (mixture fusion); ``text`` (B, dim).
         With mixture fusion ``view_mask`` bool (B, V) hides views from the mixture, and
-        ``per_view=True`` also returns each camera's own log-probabilities (B, V, K).
+        ``per_view=True`` also returns each camera's own log-probabilities (B, V, K); ``view_prior``
+        (V,) log-weights are added to every pair's confidences (ignored by attention fusion).
         """
         if not self.mixture:
             logp = self.head(torch.cat([start, goal, before, after, after - before, text], dim=-1)).log_softmax(-1)
@@ -159,6 +165,8 @@ class StepPRMNet(nn.Module):
         out = self.head(torch.cat([start, goal, before, after, after - before, text], dim=-1))  # (B, V, K+1)
         views = out[..., :-1].log_softmax(-1)
         conf = out[..., -1]
+        if view_prior is not None:
+            conf = conf + view_prior
         if view_mask is not None:
             conf = conf.masked_fill(~view_mask, float("-inf"))
         logp = torch.logsumexp(conf.log_softmax(-1).unsqueeze(-1) + views, dim=1)
@@ -188,6 +196,7 @@ class StepPRM(DataclassConfigModel):
             raise ValueError(f"fusion {self.cfg.fusion!r} unknown: use one of {FUSION_CHOICES}")
         self.device = resolve_device(self.cfg.device)
         self.net = (net or StepPRMNet(self.cfg)).to(self.device)
+        self._prior_cache: dict = {}
         self.centers = torch.tensor(bin_centers(self.cfg.num_bins), dtype=torch.float32, device=self.device)
 
     # --- RewardModel plumbing --------------------------------------------------------------
@@ -251,16 +260,61 @@ class StepPRM(DataclassConfigModel):
         goal = self.encode(reference_goal_frames(reference, ids), ids) if reference is not None else None
         return states, goal
 
+    def _with_prior(self, frames, instruction: str, reference: Any, cameras):
+        """:meth:`_encode_with_goal` plus the reference's camera prior (mixture fusion) or None."""
+        states, goal = self._encode_with_goal(frames, reference, cameras)
+        prior = self.view_prior(reference, instruction, self._check_cameras(cameras)) if reference is not None else None
+        return states, goal, prior
+
+    @torch.no_grad()
+    def view_prior(self, reference: Any, instruction: str, cameras: tuple[str, ...]) -> torch.Tensor | None:
+        """Mixture fusion with ``cfg.view_prior_temperature`` set: log-weights (V,) of ``cameras`` from
+        the reference demonstration. Each camera alone scores the reference (its frames up to the goal
+        keyframe, forward progress); its value-order correlation with time, divided by the
+        temperature, is the camera's log prior, added to the learned confidences of every pair. A
+        camera that cannot order the task's own demonstration (a hidden handle) is discounted on that
+        task; nothing is tuned on the episodes being scored. None for attention fusion, one camera,
+        no temperature, or a reference too short to rank."""
+        tau = self.cfg.view_prior_temperature
+        if not self.net.mixture or tau is None or len(cameras) < 2:
+            return None
+        key = (id(reference), instruction, cameras)
+        cached = self._prior_cache.get(key)
+        if cached is not None and cached[0] is reference:
+            return cached[1]
+        images = getattr(reference, "images", None)
+        if images is None:
+            raise FramesError("reference must be an episodes.Episode (a demonstration with images and keyframes)")
+        keyframes = getattr(reference, "keyframes", None)
+        end = int(keyframes[-1]) + 1 if keyframes is not None and len(keyframes) else len(images[cameras[0]])
+        if end < 3:
+            return None
+        from reward_models.metrics import spearman
+
+        vocs = []
+        for cam in cameras:
+            states = self.encode({cam: images[cam][:end]}, (cam,))
+            fwd = self.progress_from_states(states, instruction, perspective="forward")
+            v = spearman(np.arange(end), fwd)
+            vocs.append(0.0 if v is None or np.isnan(v) else float(v))
+        prior = (torch.tensor(vocs, dtype=torch.float32, device=self.device) / float(tau)).log_softmax(-1)
+        if len(self._prior_cache) >= 8:
+            self._prior_cache.pop(next(iter(self._prior_cache)))
+        self._prior_cache[key] = (reference, prior)
+        return prior
+
     @torch.no_grad()
     def hops(self, frames, instruction: str, reference: Any = None, cameras=None) -> dict[str, np.ndarray]:
         """Expected hops per perspective: incremental (T-1,), forward (T,), backward (T,) (only
         with a reference), and ``p_forward_top`` (T,): the mass of the top forward bin."""
-        states, goal = self._encode_with_goal(frames, reference, cameras)
-        return self.hops_from_states(states, instruction, goal)
+        states, goal, prior = self._with_prior(frames, instruction, reference, cameras)
+        return self.hops_from_states(states, instruction, goal, view_prior=prior)
 
     @torch.no_grad()
-    def hops_from_states(self, states: torch.Tensor, instruction: str, goal: torch.Tensor | None = None) -> dict[str, np.ndarray]:
-        """:meth:`hops` on encoded states (T, ...) from :meth:`encode`; ``goal`` (1, ...) or None (no reference)."""
+    def hops_from_states(self, states: torch.Tensor, instruction: str, goal: torch.Tensor | None = None,
+                         view_prior: torch.Tensor | None = None) -> dict[str, np.ndarray]:
+        """:meth:`hops` on encoded states (T, ...) from :meth:`encode`; ``goal`` (1, ...) or None (no
+        reference); ``view_prior`` (V,) log-weights added to the mixture's confidences (:meth:`view_prior`)."""
         self.net.eval()
         n = len(states)
         text = self.net.text(self.text_embedding(instruction)).expand(n, -1)
@@ -269,7 +323,7 @@ class StepPRM(DataclassConfigModel):
 
         def expect(before, after):
             m = len(after)
-            probs = self.net.hop_logp(start[:m], goal_rows[:m], before, after, text[:m]).exp()
+            probs = self.net.hop_logp(start[:m], goal_rows[:m], before, after, text[:m], view_prior=view_prior).exp()
             return (probs * self.centers).sum(-1), probs
 
         out: dict[str, np.ndarray] = {}
@@ -283,14 +337,15 @@ class StepPRM(DataclassConfigModel):
         return out
 
     def progress_from_states(self, states: torch.Tensor, instruction: str, goal: torch.Tensor | None = None,
-                             perspective: str | None = None, hops: dict[str, np.ndarray] | None = None) -> np.ndarray:
+                             perspective: str | None = None, hops: dict[str, np.ndarray] | None = None,
+                             view_prior: torch.Tensor | None = None) -> np.ndarray:
         """:meth:`progress` on encoded states (T, ...); ``hops`` reuses :meth:`hops_from_states` output."""
         perspective = perspective or self.cfg.perspective
         if perspective not in PERSPECTIVE_CHOICES:
             raise ValueError(f"perspective {perspective!r} unknown: use one of {PERSPECTIVE_CHOICES}")
         if perspective == "backward" and goal is None:
             raise ValueError("the backward perspective needs a goal: pass reference=<a demonstration episode>")
-        h = hops if hops is not None else self.hops_from_states(states, instruction, goal)
+        h = hops if hops is not None else self.hops_from_states(states, instruction, goal, view_prior=view_prior)
         curves = {"forward": forward(h["forward"]), "incremental": incremental(h.get("incremental", np.zeros(0)))}
         if "backward" in h:
             curves["backward"] = backward(h["backward"])
@@ -301,13 +356,13 @@ class StepPRM(DataclassConfigModel):
     def progress(self, frames, instruction: str, reference: Any = None, perspective: str | None = None, cameras=None) -> np.ndarray:
         """Progress (T,) in [0, 1]. ``perspective`` overrides the configured one (fused,
         incremental, forward, backward; see the module doc); ``cameras`` scores with a subset."""
-        states, goal = self._encode_with_goal(frames, reference, cameras)
-        return self.progress_from_states(states, instruction, goal, perspective)
+        states, goal, prior = self._with_prior(frames, instruction, reference, cameras)
+        return self.progress_from_states(states, instruction, goal, perspective, view_prior=prior)
 
     def score(self, frames, instruction: str, reference: Any = None, perspective: str | None = None, cameras=None):
         """``(progress, success_prob)`` from one encoder pass."""
-        states, goal = self._encode_with_goal(frames, reference, cameras)
-        hops = self.hops_from_states(states, instruction, goal)
+        states, goal, prior = self._with_prior(frames, instruction, reference, cameras)
+        hops = self.hops_from_states(states, instruction, goal, view_prior=prior)
         progress = self.progress_from_states(states, instruction, goal, perspective, hops=hops)
         return progress, self._calibrated(hops["p_forward_top"])
 
