@@ -174,7 +174,7 @@ def test_mixture_fusion_learns_per_camera_and_fused_progress(tiny_store, tmp_pat
     model.cfg.view_prior_temperature = None
     assert model.view_prior(ref, held_out.instruction, CAMS) is None
     without = model.progress(frames, held_out.instruction, reference=ref)
-    assert without.shape == before.shape and (float(np.abs(prior.exp() - 0.5).max()) < 1e-3 or not np.allclose(without, before))
+    assert without.shape == before.shape and ((prior.exp() - 0.5).abs().max().item() < 1e-3 or not np.allclose(without, before))
 
 
 def test_attention_is_the_fusion_of_checkpoints_that_name_none(tmp_path):
