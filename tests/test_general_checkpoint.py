@@ -27,3 +27,11 @@ def test_general_model_scores_env_frames_of_a_heldout_task():
     # drawer-open is a held-out task: the general model never saw it, yet orders the episode in time.
     assert spearman(np.arange(len(frames)), model.progress(stacked, "open the drawer", perspective="forward")) > 0.5
     assert progress[-5:].mean() > progress[:5].mean() + 0.3
+
+
+def test_the_previous_general_model_stays_loadable_by_name():
+    new, old = reward_models.load("general"), reward_models.load("general-v1")
+    assert new.cfg.fusion == "mixture" and new.cfg.success_calibration is not None
+    assert old.cfg.fusion == "attention" and old.cfg.success_calibration is None
+    frames = {cam: np.zeros((3, 96, 96, 3), np.uint8) for cam in old.cameras}
+    assert old.progress(frames, "open the drawer").shape == new.progress(frames, "open the drawer").shape == (3,)
