@@ -85,8 +85,10 @@ def load_model(name: str, stores: Path, demos: Path):
     import reward_models
     from reward_models.evaluation import fit_per_task
 
-    if name.startswith("perceptual:"):
-        return fit_per_task(name, stores, demo_data=demos, fit_demos=1)
+    if name.startswith("perceptual:"):  # perceptual:<encoder>[@<encoder checkpoint>]
+        recipe, _, weights = name.partition("@")
+        settings = {"encoder_kwargs": {"checkpoint": weights}} if weights else None
+        return fit_per_task(recipe, stores, demo_data=demos, fit_demos=1, settings=settings)
     return reward_models.load(name)
 
 
@@ -176,7 +178,8 @@ def render(cache: dict, models: list[str], perturbations: list[str]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", default=["general-v1", "general"],
-                        help="shipped names, checkpoint directories, or perceptual:<encoder> (fitted per task on one demo); "
+                        help="shipped names, checkpoint directories, or perceptual:<encoder>[@<encoder checkpoint>] "
+                             "(fitted per task on one demo); "
                              "label=<name or directory> files the results under label")
     parser.add_argument("--perturbations", nargs="+", default=list(PERTURBATIONS), choices=list(PERTURBATIONS))
     parser.add_argument("--data-root", default=str(ROOT / "data" / "robustness"))
