@@ -202,7 +202,8 @@ def main() -> None:
 
         torch.set_num_threads(args.threads)
         root = Path(args.data_root)
-        demos = demo_stores(root, args.workers) if any(m.startswith("perceptual:") for m in args.models) else root / "demo"
+        demos = (demo_stores(root, args.workers) if any(split_label(m)[1].startswith("perceptual:") for m in args.models)
+                 else root / "demo")
         for p in args.perturbations:
             stores = collect(root, p, args.episodes, args.failures, args.workers)
             for entry in args.models:
