@@ -31,24 +31,31 @@ def apply_platt(prob: np.ndarray, ab: Iterable[float] | None) -> np.ndarray:
     return (1.0 / (1.0 + np.exp(-(a * logit(prob) + b)))).astype(np.float32)
 
 
-def fit_platt(prob: np.ndarray, label: np.ndarray, iters: int = 100, l2: float = 1e-4) -> tuple[float, float]:
-    """(a, b) maximising the Bernoulli likelihood of ``label`` (0/1) under ``sigmoid(a logit(prob) + b)``
-    (Newton's method on the 2-parameter logistic regression, a tiny ridge for separable data).
-    Frames are weighted so that each class counts as in the data (no re-balancing)."""
-    x, y = logit(prob).ravel(), np.asarray(label, dtype=np.float64).ravel()
-    if len(x) == 0 or y.min() == y.max():
-        raise ValueError(f"calibration needs frames of both classes, got {len(y)} frames with {int(y.sum())} successes")
-    w = np.array([1.0, 0.0])
+def logistic_fit(x: np.ndarray, y: np.ndarray, ridge: float = 1e-4, iters: int = 100) -> tuple[float, float]:
+    """(slope, bias) maximising the Bernoulli likelihood of 0/1 ``y`` under ``sigmoid(slope x + bias)``:
+    the 2-parameter logistic regression behind every Platt scaling here (Newton's method, a tiny
+    ridge for separable data)."""
+    x, y = np.asarray(x, dtype=np.float64).ravel(), np.asarray(y, dtype=np.float64).ravel()
+    w = np.zeros(2)
     feats = np.stack([x, np.ones_like(x)], axis=1)
     for _ in range(iters):
         p = 1.0 / (1.0 + np.exp(-(feats @ w)))
-        grad = feats.T @ (p - y) / len(y) + l2 * w
-        hess = (feats * (p * (1 - p))[:, None]).T @ feats / len(y) + l2 * np.eye(2)
+        grad = feats.T @ (p - y) / len(y) + ridge * w
+        hess = (feats * (p * (1 - p))[:, None]).T @ feats / len(y) + ridge * np.eye(2)
         step = np.linalg.solve(hess, grad)
         w -= step
-        if np.abs(step).max() < 1e-9:
+        if np.abs(step).max() < 1e-10:
             break
     return float(w[0]), float(w[1])
+
+
+def fit_platt(prob: np.ndarray, label: np.ndarray) -> tuple[float, float]:
+    """(a, b) of ``sigmoid(a logit(prob) + b)`` fitted to ``label`` (0/1) by :func:`logistic_fit`.
+    Frames are weighted so that each class counts as in the data (no re-balancing)."""
+    y = np.asarray(label, dtype=np.float64).ravel()
+    if len(y) == 0 or y.min() == y.max():
+        raise ValueError(f"calibration needs frames of both classes, got {len(y)} frames with {int(y.sum())} successes")
+    return logistic_fit(logit(prob), y)
 
 
 def frame_labels(episode: Any) -> np.ndarray:
@@ -60,28 +67,24 @@ def frame_labels(episode: Any) -> np.ndarray:
 
 
 def calibrate(model: Any, data: str | os.PathLike | Iterable, max_episodes_per_task: int | None = None) -> dict:
-    """Fit ``model.cfg.success_calibration`` on every episode of the stores in ``data`` (raw P(done) of
-    the uncalibrated model against the frames' success labels); returns the fit's summary (a, b, frames,
+    """Fit ``model.cfg.success_calibration`` of a step-PRM on every episode of the stores in ``data`` (its
+    raw P(done), the top forward-hop mass, against the frames' success labels); returns the fit's summary (a, b, frames,
     ECE before and after on the fitting frames)."""
     from episodes import EpisodeStore
     from reward_models.data import resolve_stores
     from reward_models.metrics import expected_calibration_error
 
-    saved, model.cfg.success_calibration = model.cfg.success_calibration, None  # score raw
     probs, labels, per_task = [], [], {}
-    try:
-        for path in resolve_stores(data):
-            with EpisodeStore(path, cameras=list(model.cameras)) as store:
-                for i in range(len(store)):
-                    ep = store[i]
-                    if max_episodes_per_task is not None and per_task.get(ep.task, 0) >= max_episodes_per_task:
-                        continue
-                    per_task[ep.task] = per_task.get(ep.task, 0) + 1
-                    probs.append(model.success_prob({c: ep.images[c] for c in model.cameras}, ep.instruction))
-                    labels.append(frame_labels(ep))
-    except BaseException:
-        model.cfg.success_calibration = saved
-        raise
+    for path in resolve_stores(data):
+        with EpisodeStore(path, cameras=list(model.cameras)) as store:
+            for i in range(len(store)):
+                ep = store[i]
+                if max_episodes_per_task is not None and per_task.get(ep.task, 0) >= max_episodes_per_task:
+                    continue
+                per_task[ep.task] = per_task.get(ep.task, 0) + 1
+                raw = model.hops({c: ep.images[c] for c in model.cameras}, ep.instruction)["p_forward_top"]
+                probs.append(np.clip(raw, 0, 1))  # the uncalibrated P(done)
+                labels.append(frame_labels(ep))
     prob, label = np.concatenate(probs), np.concatenate(labels)
     a, b = fit_platt(prob, label)
     model.cfg.success_calibration = [a, b]

@@ -125,12 +125,11 @@ class StepPRMNet(nn.Module):
         ``per_view=True`` also returns each camera's own log-probabilities (B, V, K); ``view_prior``
         (V,) log-weights are added to every pair's confidences (ignored by attention fusion).
         """
+        out = self._head(start, goal, before, after, text)
         if not self.mixture:
-            logp = self.head(torch.cat([start, goal, before, after, after - before, text], dim=-1)).log_softmax(-1)
+            logp = out.log_softmax(-1)
             return (logp, None) if per_view else logp
-        text = text.unsqueeze(1).expand_as(after)
-        out = self.head(torch.cat([start, goal, before, after, after - before, text], dim=-1))  # (B, V, K+1)
-        views = out[..., :-1].log_softmax(-1)
+        views = out[..., :-1].log_softmax(-1)  # out: (B, V, K+1)
         conf = out[..., -1]
         if view_prior is not None:
             conf = conf + view_prior
@@ -143,5 +142,10 @@ class StepPRMNet(nn.Module):
         """Mixture fusion: each camera's weight (B, V) in the fused hop distribution."""
         if not self.mixture:
             raise ValueError("view weights exist only for fusion=mixture models")
-        text = text.unsqueeze(1).expand_as(after)
-        return self.head(torch.cat([start, goal, before, after, after - before, text], dim=-1))[..., -1].softmax(-1)
+        return self._head(start, goal, before, after, text)[..., -1].softmax(-1)
+
+    def _head(self, start, goal, before, after, text) -> torch.Tensor:
+        """The pair head's raw output; per camera (text broadcast over views) with mixture fusion."""
+        if self.mixture:
+            text = text.unsqueeze(1).expand_as(after)
+        return self.head(torch.cat([start, goal, before, after, after - before, text], dim=-1))

@@ -67,11 +67,10 @@ class _Row:
 
 
 def _frame_success(episode: Any) -> np.ndarray | None:
-    """Per-frame success float (T+1,): frame t >= 1 has the success after action t, frame 0 has 0."""
-    succ = episode.infos.get("success")
-    if succ is None:
-        return None
-    return np.concatenate([[0.0], np.asarray(succ, dtype=np.float64) > 0.5]).astype(np.float64)
+    """Per-frame success float (T+1,) (:func:`reward_models.calibration.frame_labels`), None without a signal."""
+    from reward_models.calibration import frame_labels
+
+    return frame_labels(episode) if episode.infos.get("success") is not None else None
 
 
 def evaluate(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from reward_models.calibration import logistic_fit
 from reward_models.metrics import auroc, binary_scores, choose_threshold, expected_calibration_error
 
 
@@ -51,19 +52,10 @@ def fit_platt(logits: np.ndarray, labels: np.ndarray, ridge: float = 1e-4) -> tu
     z, y = np.asarray(logits, dtype=np.float64).ravel(), np.asarray(labels, dtype=np.float64).ravel()
     if len(z) == 0 or y.min() == y.max():
         return 1.0, 0.0
-    w = np.zeros(2)
-    x = np.stack([z, np.ones_like(z)], axis=1)
-    for _ in range(100):
-        p = sigmoid(x @ w)
-        grad = x.T @ (p - y) / len(z) + ridge * w
-        hess = (x * (p * (1 - p))[:, None]).T @ x / len(z) + ridge * np.eye(2)
-        step = np.linalg.solve(hess, grad)
-        w -= step
-        if np.abs(step).max() < 1e-10:
-            break
-    if not w[0] > 1e-6:
+    slope, bias = logistic_fit(z, y, ridge=ridge)
+    if not slope > 1e-6:
         return fit_temperature(z, y), 0.0
-    return float(1.0 / w[0]), float(w[1])
+    return float(1.0 / slope), bias
 
 
 def calibrate(logits: np.ndarray, labels: np.ndarray, threshold_metric: str = "accuracy", fit_bias: bool = False) -> dict:
