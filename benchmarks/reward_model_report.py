@@ -1,6 +1,9 @@
 """Reward-model benchmark on the 10 held-out tasks: the three reward-model families in one report.
 
-* step-PRM: the general model zero-shot and after one-shot adaptation on each task;
+* step-PRM: the general model zero-shot and after one-shot adaptation on each task; every checkpoint
+  measured (``--general label=dir``, default the shipped ``general``) is kept apart in the cache and
+  they are compared side by side per task (``general-v1``'s entry is from 2026-11-27, when it was
+  shipped as ``general``);
 * perceptual-feature reward: fitted per task from 1 and 5 demonstrations for each encoder, and its
   segmentation against the simulator's keyframes (run by ``benchmarks/perceptual_report.py``);
 * VLM success classifier: ``vlm-general`` zero-shot and adapted per task from 10 demo-split
@@ -88,8 +91,15 @@ def adapt_step_prm(general: str, demo_store: Path, out: Path, steps: int) -> flo
     return time.perf_counter() - start
 
 
+def split_label(entry: str) -> tuple[str, str]:
+    """``label=path`` -> (label, path); a plain shipped name or path is its own label."""
+    label, sep, path = entry.partition("=")
+    return (label, path) if sep else (entry, entry)
+
+
 def measure_step_prm(args: argparse.Namespace) -> dict:
-    """The general step-PRM zero-shot (with camera ablation and reference rows) and one-shot adapted per task."""
+    """The general step-PRM ``args.general`` zero-shot (with camera ablation and reference rows) and
+    one-shot adapted per task."""
     import torch
 
     import reward_models
@@ -98,19 +108,20 @@ def measure_step_prm(args: argparse.Namespace) -> dict:
     torch.set_num_threads(args.prm_threads)
     eval_dir, demo_dir = Path(args.data_root) / "heldout_eval", Path(args.data_root) / "heldout_demo"
     heldout = heldout_tasks()
-    general = reward_models.load(args.general)
+    label, path = split_label(args.general)
+    general = reward_models.load(path)
     zero = evaluate(general, [eval_dir / f"{t}.hdf5" for t in heldout], cameras_ablation=True,
                     max_episodes_per_task=args.episodes_per_task)
-    render_report(zero, RESULTS / "reward_models_zero_shot")
+    render_report(zero, RESULTS / "reward_models_zero_shot" / label)
     adapted, adapt_seconds = {}, []
     for task in heldout:
-        out = Path(args.runs) / "bench_adapt" / task
+        out = Path(args.runs) / "bench_adapt" / label / task
         if not (out / "config.json").exists():
-            adapt_seconds.append(adapt_step_prm(args.general, demo_dir / f"{task}.hdf5", out, args.adapt_steps))
+            adapt_seconds.append(adapt_step_prm(path, demo_dir / f"{task}.hdf5", out, args.adapt_steps))
         res = evaluate(reward_models.load(out), eval_dir / f"{task}.hdf5", cameras_ablation=False, baselines=(),
                        max_episodes_per_task=args.episodes_per_task)
         adapted[task] = res["rows"]["model"]["per_task"][f"metaworld/{task}"]
-    return {"settings": {"date": str(datetime.date.today()), "general": args.general, "cpu_cores": os.cpu_count(),
+    return {"settings": {"date": str(datetime.date.today()), "general": label, "cpu_cores": os.cpu_count(),
                          "threads": args.prm_threads,
                          "episodes_per_task": args.episodes_per_task, "adapt_steps": args.adapt_steps,
                          "adapt_seconds_mean": float(np.mean(adapt_seconds)) if adapt_seconds else None},
@@ -133,6 +144,14 @@ def migrate_step_prm(cache: dict, old_md: Path) -> dict | None:
     if m:
         settings["adapt_seconds_mean"] = float(m[1])
     return {"settings": settings, "zero_shot": cache["zero_shot"], "adapted": cache["adapted"]}
+
+
+def legacy_step_prm(entry: dict) -> dict:
+    """The step-PRM entry of 2026-11-27, measured when the checkpoint now named ``general-v1`` was shipped as
+    ``general`` (its settings say ``general``)."""
+    entry["settings"]["general"] = "general-v1"
+    entry["settings"]["note"] = "Measured when this checkpoint was shipped as `general`."
+    return entry
 
 
 # --------------------------------------------------------------------------- perceptual
@@ -265,7 +284,7 @@ def render(cache: dict) -> str:
     """The markdown report of every family in ``cache`` (keys of :data:`FAMILIES`)."""
     tasks = heldout_tasks()
     keys = [k for k, _ in SUMMARY]
-    sp, pc, vl = cache.get("step_prm"), cache.get("perceptual"), cache.get("vlm")
+    versions, pc, vl = cache.get("step_prm", {}), cache.get("perceptual"), cache.get("vlm")
     lines = [
         "# Reward models on the 10 held-out tasks",
         "",
@@ -288,12 +307,13 @@ def render(cache: dict) -> str:
         "| row | " + " | ".join(h for _, h in SUMMARY) + " | states/s | measured |",
         "|---|" + "---|" * (len(SUMMARY) + 2),
     ]
-    baselines = {}
-    if sp:
+    baselines, base_date = {}, None
+    for label, sp in versions.items():
         s, rows = sp["settings"], sp["zero_shot"]
-        lines.append(summary_row("step-PRM `general`, zero-shot", rows["model"]["mean"], rows["model"].get("states_per_s"), s["date"]))
-        lines.append(summary_row("step-PRM one-shot adapted (1 demo)", mean_over_tasks(sp["adapted"], keys), None, s["date"]))
-        baselines = {r: rows[r] for r in ("random", "sim_dense_gt") if r in rows}
+        lines.append(summary_row(f"step-PRM `{label}`, zero-shot", rows["model"]["mean"], rows["model"].get("states_per_s"), s["date"]))
+        lines.append(summary_row(f"step-PRM `{label}` one-shot adapted (1 demo)", mean_over_tasks(sp["adapted"], keys), None, s["date"]))
+        if not baselines:
+            baselines, base_date = {r: rows[r] for r in ("random", "sim_dense_gt") if r in rows}, s["date"]
     if pc:
         s = pc["settings"]
         for name, entry in pc["encoders"].items():
@@ -309,10 +329,10 @@ def render(cache: dict) -> str:
                                  float(np.mean(sps)) if sps else None, s["date"]))
     for r, row in baselines.items():
         label = "random scores" if r == "random" else "simulator dense reward (privileged upper reference)"
-        lines.append(summary_row(label, row["mean"], None, sp["settings"]["date"]))
+        lines.append(summary_row(label, row["mean"], None, base_date))
 
-    if sp:
-        lines += render_step_prm(sp, tasks)
+    if versions:
+        lines += render_step_prm(versions, tasks)
     if pc:
         lines += render_perceptual(pc, tasks)
     if vl:
@@ -326,20 +346,33 @@ def camera_rows(rows: dict, keys: tuple[str, ...]) -> list[str]:
             for r, row in rows.items() if r.startswith("camera:")]
 
 
-def render_step_prm(sp: dict, tasks: list[str]) -> list[str]:
-    """The step-PRM section: settings, single-camera rows, per-task VOC and AUROC."""
-    s, rows = sp["settings"], sp["zero_shot"]
-    lines = ["", "## Step-discretized progress model (step-PRM)", "",
-             f"Measured {s['date']} with `--episodes-per-task {s['episodes_per_task']} --adapt-steps {s['adapt_steps']}` "
-             f"on {s['cpu_cores']} CPU cores. General model `{s['general']}` (trained on the 40 training tasks only); "
-             "one-shot adaptation fine-tunes it on ONE demo-split demonstration of the task"
-             + (f" ({s['adapt_steps']} steps, {s['adapt_seconds_mean']:.0f} s per task)." if s.get("adapt_seconds_mean") else "."),
-             "", "| zero-shot, one camera | VOC | VOC reversed | AUROC | success acc | states/s |", "|---|---|---|---|---|---|"]
-    lines += camera_rows(rows, ("voc_d1", "voc_reversed", "auroc", "success_acc"))
-    lines += ["", "| task | VOC zero-shot | VOC adapted | AUROC zero-shot | AUROC adapted |", "|---|---|---|---|---|"]
+def render_step_prm(versions: dict, tasks: list[str]) -> list[str]:
+    """The step-PRM section: per checkpoint its settings and single-camera rows, then one per-task
+    table of VOC and AUROC, zero-shot and adapted, with every checkpoint side by side."""
+    lines = ["", "## Step-discretized progress model (step-PRM)", ""]
+    for label, sp in versions.items():
+        s, rows = sp["settings"], sp["zero_shot"]
+        lines += [f"`{label}`: measured {s['date']} with `--episodes-per-task {s['episodes_per_task']} --adapt-steps "
+                  f"{s['adapt_steps']}` on {s['cpu_cores']} CPU cores (trained on the 40 training tasks only); one-shot "
+                  "adaptation fine-tunes it on ONE demo-split demonstration of the task"
+                  + (f" ({s['adapt_steps']} steps, {s['adapt_seconds_mean']:.0f} s per task)." if s.get("adapt_seconds_mean") else ".")
+                  + (f" {s['note']}" if s.get("note") else ""),
+                  "", f"| `{label}` zero-shot, one camera | VOC | VOC reversed | AUROC | success acc | states/s |",
+                  "|---|---|---|---|---|---|"]
+        lines += camera_rows(rows, ("voc_d1", "voc_reversed", "auroc", "success_acc"))
+        lines.append("")
+    labels = list(versions)
+    head = [f"{what} `{label}`" for what in ("VOC zero-shot", "VOC adapted", "AUROC zero-shot", "AUROC adapted") for label in labels]
+    lines += ["Per task, every checkpoint on the same episodes:", "", "| task | " + " | ".join(head) + " |",
+              "|---|" + "---|" * len(head)]
     for task in tasks:
-        z, a = rows["model"]["per_task"].get(f"metaworld/{task}", {}), sp["adapted"].get(task, {})
-        lines.append(f"| {task} | {cell(z.get('voc_d1'))} | {cell(a.get('voc_d1'))} | {cell(z.get('auroc'))} | {cell(a.get('auroc'))} |")
+        cells = []
+        for key, part in (("voc_d1", "zero"), ("voc_d1", "adapted"), ("auroc", "zero"), ("auroc", "adapted")):
+            for label in labels:
+                sp = versions[label]
+                row = sp["zero_shot"]["model"]["per_task"].get(f"metaworld/{task}", {}) if part == "zero" else sp["adapted"].get(task, {})
+                cells.append(cell(row.get(key)))
+        lines.append(f"| {task} | " + " | ".join(cells) + " |")
     return lines
 
 
@@ -434,7 +467,8 @@ def main() -> None:
     import perceptual_report
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--general", default="general", help="step-PRM general checkpoint (dir or shipped name)")
+    parser.add_argument("--general", default="general",
+                        help="step-PRM general checkpoint (shipped name, dir, or label=dir); each label is cached apart and compared")
     parser.add_argument("--vlm", default="vlm-general", help="VLM classifier checkpoint (dir or shipped name)")
     parser.add_argument("--adapt-steps", type=int, default=150, help="step-PRM one-shot adaptation steps")
     parser.add_argument("--vlm-adapt-steps", type=int, default=60,
@@ -461,6 +495,8 @@ def main() -> None:
     cache = json.loads(out.with_suffix(".json").read_text()) if out.with_suffix(".json").exists() else {}
     if "step_prm" not in cache and (old := migrate_step_prm(cache, out)) is not None:
         cache = {"step_prm": old}
+    if "settings" in cache.get("step_prm", {}):  # one checkpoint's entry, from before checkpoints were compared
+        cache["step_prm"] = {"general-v1": legacy_step_prm(cache["step_prm"])}
     if (RESULTS / "perceptual.json").exists():  # the perceptual family's own cache is the source of truth
         cache["perceptual"] = json.loads((RESULTS / "perceptual.json").read_text())
     if args.vlm_throughput and "vlm" in cache:
@@ -477,7 +513,12 @@ def main() -> None:
         ensure_store(root / "heldout_demo", "episodes=1", "split=demo")
         measure = {"step_prm": measure_step_prm, "perceptual": measure_perceptual, "vlm": measure_vlm}
         for family in FAMILIES:
-            if family in args.recompute or family not in cache:
+            if family == "step_prm":
+                label = split_label(args.general)[0]
+                if family in args.recompute or label not in cache.setdefault("step_prm", {}):
+                    print(f"measuring step_prm {label} ...", flush=True)
+                    cache["step_prm"][label] = measure_step_prm(args)
+            elif family in args.recompute or family not in cache:
                 print(f"measuring {family} ...", flush=True)
                 cache[family] = measure[family](args)
                 out.with_suffix(".json").write_text(json.dumps(

@@ -26,6 +26,18 @@ the instruction of another training task B (half the time one of A's family, the
 ``door-close`` / ``door-lock`` / ``door-unlock``, which share A's scene), with B's goal anchors: the
 episode never completes B, so its pairs are censored exactly like a failure's. Pairs whose names
 differ only by ``-wall`` (``reach`` / ``reach-wall``) are never used: one's success can be the other's.
+
+Reverse twins. "Not done" does not make the text matter enough: the door-open twin's instruction
+moved the model by 0.013. Some training tasks are reverse twins, one scene with opposite goals
+(``door-lock`` / ``door-unlock``, ``coffee-push`` / ``coffee-pull``, ``plate-slide`` /
+``plate-slide-back``: :func:`reverse_twins`). Their last phase (from the second-to-last keyframe to
+the goal: the object moved) runs backwards under the twin's instruction, which is a label with a
+sign: with ``reverse_twin_share`` r, a share r of batch slots take task A's success under its twin
+B's instruction and goal anchors, with B's "not done" anchor bounds plus frame pairs of that last
+phase bounded by their direction: forward in time the hop is at most ``-w``, backward at least
+``+w`` (pairs whose A-progress differs by at least ``twin_min_gap``). The same frames then carry
+opposite signs under the two instructions, so only the text can tell them apart. The earlier
+phases (reaching the object) are progress for both and are left out.
 """
 
 from __future__ import annotations
@@ -48,6 +60,7 @@ class TrainEpisode:
         phi: float64 (T+1,) ground-truth step progress.
         goal_index: frame of the last keyframe (the goal state).
         task: task name; instruction: its instruction.
+        keyframes: the demonstration's keyframe indices (None: unknown, e.g. a failure).
     """
 
     images: np.ndarray
@@ -55,6 +68,7 @@ class TrainEpisode:
     goal_index: int
     task: str
     instruction: str
+    keyframes: np.ndarray | None = None
 
 
 FAILURE_KINDS = ("noise", "stall", "near_miss", "reversal", "policy")
@@ -108,7 +122,8 @@ def load_episodes(data, cameras: tuple[str, ...], max_per_task: int | None = Non
                     continue
                 ep = store[i]
                 images = _read_images(ep, cameras, resize_to)
-                out.append(TrainEpisode(images, step_progress(ep.keyframes, len(images)), int(ep.keyframes[-1]), ep.task, ep.instruction))
+                out.append(TrainEpisode(images, step_progress(ep.keyframes, len(images)), int(ep.keyframes[-1]), ep.task,
+                                        ep.instruction, np.asarray(ep.keyframes, dtype=int)))
                 per_task[ep.task] = per_task.get(ep.task, 0) + 1
     if not out:
         raise ValueError(f"no successful expert episodes with cameras {list(cameras)} in {data}")
@@ -121,8 +136,9 @@ class PairBatch:
 
     states: uint8 (S, V, H, W, 3) images of every state to encode; the index arrays point into it.
     before, after: int (P,) state indices; start, goal: int (P,) state indices (goal -1 = none);
-    hop: float (P,) target hop, or its upper bound where ``censored``; text: int (P,) index into
-    ``instructions``; censored: bool (P,) pairs of failures, whose hop is only bounded above.
+    hop: float (P,) target hop, or its bound where ``censored``; text: int (P,) index into
+    ``instructions``; censored: bool (P,) pairs whose hop is only bounded (failures, wrong
+    instructions, reverse twins): above, or below where ``lower`` (reverse twins backward in time).
     """
 
     states: np.ndarray
@@ -134,6 +150,7 @@ class PairBatch:
     text: np.ndarray
     instructions: list[str]
     censored: np.ndarray | None = None
+    lower: np.ndarray | None = None
 
 
 class PairSampler:
@@ -143,12 +160,14 @@ class PairSampler:
                  pairs_per_episode: int = 48, swap_anchor_prob: float = 0.75, drop_goal_prob: float = 0.3,
                  zero_hop_share: float = 0.05, gap_bins: int = 4, seed: int = 0,
                  failures: list[TrainEpisode] | None = None, failure_share: float = 0.25,
-                 instruction_negative_share: float = 0.0) -> None:
+                 instruction_negative_share: float = 0.0, reverse_twin_share: float = 0.0,
+                 twin_min_gap: float = 0.1) -> None:
         if not 0.0 <= failure_share < 1.0:
             raise ValueError(f"failure_share={failure_share}: the share of failure episodes per batch must be in [0, 1)")
-        if not 0.0 <= instruction_negative_share < 1.0 or failure_share + instruction_negative_share >= 1.0:
-            raise ValueError(f"instruction_negative_share={instruction_negative_share}: must be in [0, 1) and leave "
-                             f"successes in each batch with failure_share={failure_share}")
+        negatives = failure_share + instruction_negative_share + reverse_twin_share
+        if min(instruction_negative_share, reverse_twin_share) < 0.0 or negatives >= 1.0:
+            raise ValueError(f"instruction_negative_share={instruction_negative_share}, reverse_twin_share={reverse_twin_share}: "
+                             f"must be >= 0 and leave successes in each batch with failure_share={failure_share}")
         self.episodes = episodes
         self.num_bins = num_bins
         self.frames = frames_per_episode
@@ -168,6 +187,9 @@ class PairSampler:
         self.failure_share = failure_share if self.failures else 0.0
         self.confusable = {t: confusable_tasks(t, list(self.by_task)) for t in self.by_task}
         self.instruction_negative_share = instruction_negative_share if any(self.confusable.values()) else 0.0
+        self.twins = {t: reverse_twins(t, list(self.by_task)) for t in self.by_task}
+        self.reverse_twin_share = reverse_twin_share if any(self.twins.values()) else 0.0
+        self.twin_min_gap = twin_min_gap
         self.instruction_of = {ep.task: ep.instruction for ep in episodes}
         self.width = 2.0 / num_bins
         self.instructions = sorted({ep.instruction for ep in episodes})
@@ -214,12 +236,25 @@ class PairSampler:
         each episode slot is a failure of the drawn task with probability ``failure_share``."""
         rng = self.rng
         tasks = list(self.by_task)
-        states, start_i, goal_i, before, after, hops, texts, censored = [], [], [], [], [], [], [], []
+        states, start_i, goal_i, before, after, hops, texts, censored, lower = [], [], [], [], [], [], [], [], []
         for _ in range(num_episodes):
             task = tasks[rng.integers(len(tasks))]
-            u = rng.random() if (self.failure_share or self.instruction_negative_share) else 1.0
+            u = rng.random() if (self.failure_share or self.instruction_negative_share or self.reverse_twin_share) else 1.0
             failure = task in self.failures_by_task and u < self.failure_share
             wrong = not failure and any(self.confusable[task]) and u > 1.0 - self.instruction_negative_share
+            twin = (not failure and not wrong and bool(self.twins[task])
+                    and u > 1.0 - self.instruction_negative_share - self.reverse_twin_share)
+            if twin:
+                b, a, h, lo, s_i, g_i, instruction = self._twin_pairs(states, task)
+                before += b
+                after += a
+                hops += h
+                lower += lo
+                start_i += s_i
+                goal_i += g_i
+                texts += [self.instructions.index(instruction)] * len(b)
+                censored += [True] * len(b)
+                continue
             if failure or wrong:
                 b, a, h, s_i, g_i, instruction = self._failure_pairs(states, task, wrong_instruction=wrong)
                 before += b
@@ -229,6 +264,7 @@ class PairSampler:
                 goal_i += g_i
                 texts += [self.instructions.index(instruction)] * len(b)
                 censored += [True] * len(b)
+                lower += [False] * len(b)
                 continue
             i = int(rng.choice(self.by_task[task]))
             ep = self.episodes[i]
@@ -278,9 +314,72 @@ class PairSampler:
             goal_i.extend([g_idx] * self.pairs)
             texts.extend([self.instructions.index(ep.instruction)] * self.pairs)
             censored += [False] * self.pairs
+            lower += [False] * self.pairs
         return PairBatch(np.stack(states), np.array(start_i), np.array(goal_i), np.array(before),
                          np.array(after), np.array(hops, dtype=np.float32), np.array(texts), self.instructions,
-                         np.array(censored, dtype=bool))
+                         np.array(censored, dtype=bool), np.array(lower, dtype=bool))
+
+    def _twin_pairs(self, states: list, task: str) -> tuple[list, list, list, list, list, list, str]:
+        """Bounded pairs of a success of ``task`` under a reverse twin's instruction and goal anchor (see
+        the module docstring): frame pairs of the last phase with the sign of their direction in time,
+        and twin-goal -> frame below the zero bin for the phase's last third (where the episode has
+        undone the twin's goal). Returns (before, after, bounds, lower, start, goal, instruction)."""
+        rng = self.rng
+        twin = str(rng.choice(self.twins[task]))
+        ep = self.episodes[int(rng.choice(self.by_task[task]))]
+        k = ep.keyframes
+        first = int(k[-2]) if k is not None and len(k) >= 2 else 0
+        seg = np.arange(first, ep.goal_index + 1)
+        idx = np.sort(rng.choice(seg, size=min(self.frames, len(seg)), replace=False))
+        base = len(states)
+        states.extend(ep.images[idx])
+        states.append(ep.images[0])
+        s_idx = len(states) - 1
+        g_ep = self.episodes[int(rng.choice(self.by_task[twin]))]
+        states.append(g_ep.images[g_ep.goal_index])
+        g_idx = len(states) - 1
+        phi = ep.phi[idx]
+        p, q = np.nonzero(np.abs(phi[:, None] - phi[None, :]) >= self.twin_min_gap)
+        late = np.nonzero(idx >= first + 2 * (ep.goal_index - first) / 3)[0]
+        n_dir = self.pairs // 2 if len(late) else self.pairs
+        before, after, bounds, lower, goals = [], [], [], [], []
+        if len(p):
+            pick = rng.integers(len(p), size=n_dir)
+            for i, j in zip(p[pick], q[pick]):
+                forward_in_time = idx[i] < idx[j]
+                before.append(base + int(i))
+                after.append(base + int(j))
+                bounds.append(-self.width if forward_in_time else self.width)
+                lower.append(not forward_in_time)
+                goals.append(g_idx if rng.random() >= self.drop_goal_prob else -1)
+        if len(late):
+            m = self.pairs - len(before)
+            after += list(base + late[rng.integers(len(late), size=m)])
+            before += [g_idx] * m
+            bounds += [-self.width] * m
+            lower += [False] * m
+            goals += [g_idx] * m
+        return before, after, bounds, lower, [s_idx] * len(before), goals, self.instruction_of[twin]
+
+
+_OPPOSITES = (("unlock", "lock"), ("slide-back", "slide"), ("close", "open"), ("pull", "push"), ("press", "push"))
+
+
+def _direction_free(task: str) -> str:
+    name = task.split("/", 1)[-1]
+    for word, canonical in _OPPOSITES:
+        name = name.replace(word, canonical)
+    return name
+
+
+def reverse_twins(task: str, tasks: list[str]) -> list[str]:
+    """Tasks of ``tasks`` with ``task``'s scene and the opposite goal: the names agree once the
+    direction words are made equal (lock / unlock, open / close, push / pull / press, slide /
+    slide-back): ``door-lock`` -> ``door-unlock``, ``plate-slide-side`` -> ``plate-slide-back-side``."""
+    suite = lambda t: t.split("/", 1)[0] if "/" in t else ""  # noqa: E731
+    key = _direction_free(task)
+    return [t for t in tasks if t != task and suite(t) == suite(task) and _direction_free(t) == key
+            and not _wall_twins(t, task)]
 
 
 def _family(task: str) -> str:

@@ -47,14 +47,17 @@ def two_hot(hops: torch.Tensor, num_bins: int) -> torch.Tensor:
     return target
 
 
-def hop_loss(logits: torch.Tensor, hops: torch.Tensor, censored: torch.Tensor | None, centers: torch.Tensor) -> torch.Tensor:
+def hop_loss(logits: torch.Tensor, hops: torch.Tensor, censored: torch.Tensor | None, centers: torch.Tensor,
+             lower: torch.Tensor | None = None) -> torch.Tensor:
     """Mean loss over pairs: cross-entropy against the two-hot target of each labelled hop, and for
-    censored pairs (failures: the hop is only known to be at most ``hops``) minus the log of the
-    probability mass on the bins whose centre is at or under the bound."""
+    censored pairs (failures: the hop is only known to be at most ``hops``; where ``lower``, at least)
+    minus the log of the probability mass on the bins whose centre is on the allowed side of the bound."""
     logp = logits.log_softmax(-1)
     loss = -(two_hot(hops, logits.shape[-1]) * logp).sum(-1)
     if censored is not None and bool(censored.any()):
         allowed = centers[None, :] <= hops[:, None] + 1e-6
+        if lower is not None:
+            allowed = torch.where(lower[:, None], centers[None, :] >= hops[:, None] - 1e-6, allowed)
         bounded = -torch.logsumexp(logp.masked_fill(~allowed, float("-inf")), dim=-1)
         loss = torch.where(censored, bounded, loss)
     return loss.mean()
@@ -93,7 +96,8 @@ def train(cfg) -> StepPRM:
                  len(failures), len({f.task for f in failures}), share)
     sampler = PairSampler(train_eps, model.cfg.num_bins, int(cfg.frames_per_episode), int(cfg.pairs_per_episode),
                           seed=int(cfg.seed), failures=failures, failure_share=share,
-                          instruction_negative_share=float(cfg.get("instruction_negative_share", 0.0)))
+                          instruction_negative_share=float(cfg.get("instruction_negative_share", 0.0)),
+                          reverse_twin_share=float(cfg.get("reverse_twin_share", 0.0)))
     model.cache_instructions(sampler.instructions + [e.instruction for e in val])  # saved with the model
     net = model.net
     opt = torch.optim.AdamW(net.parameters(), lr=float(cfg.lr), weight_decay=float(cfg.weight_decay))
@@ -134,14 +138,15 @@ def train(cfg) -> StepPRM:
         text = net.text(text_table[torch.from_numpy(batch.text)])
         hops = torch.from_numpy(batch.hop).to(model.device)
         censored = None if batch.censored is None else torch.from_numpy(batch.censored).to(model.device)
+        lower = None if batch.lower is None else torch.from_numpy(batch.lower).to(model.device)
         # mixture fusion: the pair's view mask is its AFTER state's (camera dropout per state)
         logits, views = net.hop_logp(enc[batch.start], goal, enc[batch.before], enc[batch.after], text,
                                      view_mask=mask[batch.after], per_view=True)
-        loss = hop_loss(logits, hops, censored, model.centers)
+        loss = hop_loss(logits, hops, censored, model.centers, lower)
         if views is not None and view_weight > 0:  # each camera's own estimate, trained alone
             flat = views.reshape(-1, views.shape[-1])
             rep = lambda t: None if t is None else t.repeat_interleave(views.shape[1])  # noqa: E731
-            loss = loss + view_weight * hop_loss(flat, rep(hops), rep(censored), model.centers)
+            loss = loss + view_weight * hop_loss(flat, rep(hops), rep(censored), model.centers, rep(lower))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)

@@ -238,3 +238,21 @@ def test_frame_metrics_and_the_models_own_threshold(store):
         evaluate(OracleModel(store), store, baselines=(), densities=(1,), threshold_metric="model")
     with pytest.raises(ValueError, match="threshold_metric="):
         evaluate(OracleModel(store), store, threshold_metric="median")
+
+
+class ReversedOracle(OracleModel):
+    """Reads every task backwards, as a general model reads door-open as door-close."""
+
+    def progress(self, frames, instruction, reference=None):
+        return 1.0 - self._lookup(frames, 0)
+
+
+def test_reference_self_check_flags_a_model_that_reads_the_task_backwards(store):
+    good = evaluate(OracleModel(store), store, baselines=(), densities=(1,))
+    assert good["tasks"]["metaworld/reach"]["reference_voc"] > 0.9
+    assert not any("reference demonstration poorly" in n for n in good["notes"])
+    bad = evaluate(ReversedOracle(store), store, baselines=(), densities=(1,))
+    assert bad["tasks"]["metaworld/reach"]["reference_voc"] < -0.9
+    assert bad["rows"]["model"]["mean"]["voc_d1"] < -0.9  # what the check predicted, before any scoring
+    note = next(n for n in bad["notes"] if "reference demonstration poorly" in n)
+    assert note.startswith("metaworld/reach") and "max_episodes_per_task=1" in note

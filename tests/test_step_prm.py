@@ -403,3 +403,47 @@ def test_calibrated_success_prob_keeps_the_ranking_and_lowers_ece(tiny_store, tm
     np.testing.assert_array_equal(model.score(frames, ep.instruction)[1], cal)
     model.save(tmp_path / "cal")
     np.testing.assert_array_equal(reward_models.load(tmp_path / "cal").success_prob(frames, ep.instruction), cal)
+
+
+def test_reverse_twin_pairs_bound_the_last_phase_by_its_direction_in_time():
+    from reward_models.pairs import reverse_twins
+
+    tasks = ["metaworld/door-lock", "metaworld/door-unlock", "metaworld/plate-slide-side",
+             "metaworld/plate-slide-back-side", "metaworld/reach", "metaworld/reach-wall"]
+    assert reverse_twins("metaworld/door-lock", tasks) == ["metaworld/door-unlock"]
+    assert reverse_twins("metaworld/plate-slide-back-side", tasks) == ["metaworld/plate-slide-side"]
+    assert reverse_twins("metaworld/reach", tasks) == [] and reverse_twins("door-open", ["door-close"]) == ["door-close"]
+    texts = {t: t.split("/")[1] for t in tasks}
+    # frame value = 100 * task index + time, so every state says whose episode and which frame it is
+    succ = [TrainEpisode(np.arange(41, dtype=np.uint8).reshape(41, 1, 1, 1, 1).repeat(8, 2).repeat(8, 3).repeat(3, 4) + 50 * (k % 4),
+                         step_progress([20, 40], 41), 40, t, texts[t], np.array([20, 40]))
+            for k, t in enumerate(tasks)]
+    batch = PairSampler(succ, num_bins=25, seed=3, reverse_twin_share=0.5).sample(80)
+    w = 2 / 25
+    twin_text = {texts[a]: texts[b] for a in tasks for b in reverse_twins(a, tasks)}
+    c = batch.censored
+    assert 0.15 < c.mean() < 0.6 and batch.lower[c].any() and not batch.lower[~c].any()
+    frame = lambda i: int(batch.states[i].flat[0]) % 50  # noqa: E731
+    for i in np.flatnonzero(c):
+        assert batch.instructions[batch.text[i]] in twin_text.values()  # the twin's instruction
+        assert frame(batch.after[i]) >= 20  # only the last phase (keyframe 20 -> goal 40)
+        if batch.before[i] == batch.goal[i]:  # twin goal -> a late frame: below the zero bin
+            assert batch.hop[i] == pytest.approx(-w) and not batch.lower[i] and frame(batch.after[i]) >= 33
+        else:  # frame -> frame: backwards in time forward, forwards in time backward
+            forward = frame(batch.before[i]) < frame(batch.after[i])
+            assert batch.hop[i] == pytest.approx(-w if forward else w) and batch.lower[i] == (not forward)
+    with pytest.raises(ValueError, match="reverse_twin_share"):
+        PairSampler(succ, num_bins=25, instruction_negative_share=0.5, reverse_twin_share=0.5)
+
+
+def test_hop_loss_lower_bounds_put_the_mass_above_the_bound():
+    import torch
+
+    from reward_models.train import hop_loss
+
+    centers = torch.linspace(-1, 1, 5)
+    up = torch.tensor([[0.0, 0, 0, 0, 9.0]])  # all mass on +1
+    bound = torch.tensor([0.5])
+    yes = torch.tensor([True])
+    assert hop_loss(up, bound, yes, centers, lower=yes) < 0.01  # at least 0.5: satisfied
+    assert hop_loss(up, bound, yes, centers, lower=~yes) > 5  # at most 0.5: violated

@@ -189,6 +189,7 @@ def evaluate(
                     lo_hi[1] = max(lo_hi[1], float(np.max(episode.infos["dense_reward"])))
                 if is_ref:  # anchors never come from the scored episode: the reference is not scored
                     info["reference"] = label
+                    info["reference_voc"] = reference_voc(scorers["model"][0], episode)
                     continue
                 info["scored"] += 1
                 info["successes" if episode.success else "failures"] += 1
@@ -207,6 +208,10 @@ def evaluate(
             notes.append(f"{task}: no successful expert episode, scored without a reference")
         if info["scored"] == 0:
             notes.append(f"{task}: no episode left to score besides the reference")
+        if info.get("reference_voc") is not None and info["reference_voc"] < REFERENCE_VOC_WARN:
+            notes.append(f"{task}: the model orders its own reference demonstration poorly (VOC {info['reference_voc']:.2f} "
+                         f"< {REFERENCE_VOC_WARN}): its progress on this task is not to be trusted as it is; adapt it on "
+                         "the demonstration first (stepwise-train-rm init=<model> data=<demo store> max_episodes_per_task=1)")
     if "sim_dense_gt" in scorers:
         if not dense_range:
             notes.append("sim_dense_gt skipped: the episodes have no infos['dense_reward'] (not simulated?)")
@@ -264,6 +269,23 @@ def evaluate(
         "curves": curves,
         "notes": notes,
     })
+
+
+REFERENCE_VOC_WARN = 0.5
+"""A model whose progress on the task's reference demonstration correlates with time below this is flagged."""
+
+
+def reference_voc(scorer: Scorer, reference: Any) -> float | None:
+    """VOC of the model's progress on the reference demonstration itself, up to its goal keyframe (the
+    reference as its own reference): a self-check that needs no labels beyond the demonstration. A
+    general model that reads the task as its reverse twin (door-open as door-close) fails it, which
+    says before any scoring that zero-shot progress on the task is wrong. None when too short."""
+    keyframes = getattr(reference, "keyframes", None)
+    end = int(keyframes[-1]) + 1 if keyframes is not None and len(keyframes) else reference.num_steps + 1
+    if end < 3:
+        return None
+    progress, _ = scorer(reference, np.arange(end), reference, False)
+    return voc(progress)
 
 
 def _score_episode(scorer: Scorer, row: _Row, episode: Any, reference: Any, label: str,
