@@ -71,6 +71,16 @@ class AdaptSettings:
 
 
 @dataclass
+class RefreshSettings:
+    """``refresh``: the progress model re-fitted on the policy's own episodes during online learning."""
+
+    every: int = MISSING
+    steps: int = MISSING
+    lr: float = MISSING
+    failure_share: float = MISSING
+
+
+@dataclass
 class RewardSettings:
     """The learner's keys of ``reward`` (the family's own keys, read by its model, stay untyped beside them)."""
 
@@ -112,6 +122,7 @@ class TrainSettings:
     encoder: Any = MISSING
     robot: Any = MISSING
     adapt: AdaptSettings = field(default_factory=AdaptSettings)
+    refresh: RefreshSettings = field(default_factory=RefreshSettings)
     pretrain: PretrainSettings = field(default_factory=PretrainSettings)
     online: OnlineSettings = field(default_factory=OnlineSettings)
     eval: EvalSettings = field(default_factory=EvalSettings)
@@ -199,6 +210,19 @@ def check_config(cfg):
             f"reward.perspective={cfg.reward.perspective!r}: shaping needs a state-only perspective "
             "(forward or backward); incremental and fused depend on the history"
         )
+    if cfg.refresh.every < 0 or (cfg.refresh.every and cfg.refresh.steps < 1):
+        raise TrainConfigError(f"refresh.every={cfg.refresh.every}, refresh.steps={cfg.refresh.steps}: every must be "
+                               ">= 0 (0: never) and steps >= 1")
+    if cfg.refresh.every:
+        if cfg.reward.shaping != "progress" or cfg.reward.kind != "step_prm":
+            raise TrainConfigError(f"refresh.every={cfg.refresh.every} re-fits the step-PRM that shapes the reward; it "
+                                   f"needs reward=step_prm with reward.shaping=progress (got reward={cfg.reward.kind}, "
+                                   f"reward.shaping={cfg.reward.shaping}): set refresh.every=0 otherwise")
+        if str(cfg.keep_episodes).lower() == "false":
+            raise TrainConfigError("refresh.every > 0 learns from the run's own episodes, which keep_episodes=false "
+                                   "throws away: set keep_episodes=auto")
+        if not 0.0 < cfg.refresh.failure_share < 1.0:
+            raise TrainConfigError(f"refresh.failure_share={cfg.refresh.failure_share}: must be in (0, 1)")
     if cfg.policy not in POLICIES:
         raise TrainConfigError(f"policy={cfg.policy!r} unknown: use one of {POLICIES}")
     if cfg.policy == "image":

@@ -109,6 +109,7 @@ class OnlineEpisodeStore:
 
         self.path = Path(run) / STORE_NAME
         self.task, self.instruction = task, instruction
+        self.cameras, self.image_size = list(cameras), int(image_size)
         if not cameras:
             raise StoreError(f"keep_episodes=true but the training env renders no camera for {self.path}; "
                              "pass keep_episodes=false")

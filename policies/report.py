@@ -23,6 +23,22 @@ def _pyplot():
     return plt
 
 
+def refresh_segments(state: RunState, threshold: float) -> list[dict]:
+    """With in-the-loop refreshes: per segment of online episodes scored by one progress model (from the
+    start or a refresh to the next), its hacking count, successes, and the refresh that opened it."""
+    if not state.refreshes:
+        return []
+    starts = [0] + [r["episode"] for r in state.refreshes]
+    ends = starts[1:] + [state.episode]
+    out = []
+    for k, (a, b) in enumerate(zip(starts, ends)):
+        seg = [h for h in state.history if a <= h["episode"] < b]
+        out.append({"from": a, "to": b, "episodes": len(seg), "hacking": sum(bool(h.get("hacking")) for h in seg),
+                    "successes": sum(bool(h["success"]) for h in seg),
+                    "seconds": round(state.refreshes[k - 1]["seconds"], 1) if k else None})
+    return out
+
+
 def write_train_report(run: Path, cfg, state: RunState, final: dict, demo_terms: list[dict],
                  image_policy: dict | None = None) -> dict:
     """stepwise-train's report.json, report.md and success_curve.png in the run directory. ``image_policy``: its
@@ -44,6 +60,8 @@ def write_train_report(run: Path, cfg, state: RunState, final: dict, demo_terms:
         "train_success_rate_last_20": float(np.mean([h["success"] for h in hist[-20:]])) if hist else None,
         "hacking_monitor": {"threshold": cfg.reward.hacking_progress, "episodes": len(hacked),
                             "of": len(hist), "episode_ids": hacked},
+        "after_pretraining_success_rate": next((e["success_rate"] for e in state.evals if e["episode"] == 0), None),
+        "refreshes": refresh_segments(state, cfg.reward.hacking_progress),
         "imitated_episodes": sum(bool(h.get("imitated")) for h in hist),
         "demo_final_progress": [float(t["final_progress"]) for t in demo_terms],
         "policy": {"kind": cfg.policy, **(image_policy or {})},
@@ -75,6 +93,14 @@ def write_train_report(run: Path, cfg, state: RunState, final: dict, demo_terms:
              f"{state.wall_time_s / 60:.1f} min wall time.", "",
              "| online episodes | eval success | eval episodes |", "|---|---|---|"]
     lines += [f"| {e['episode']} | {e['success_rate']:.2f} | {e['episodes']} |" for e in state.evals]
+    if report["after_pretraining_success_rate"] is not None:
+        lines += ["", f"After pre-training alone (before any online episode): "
+                      f"{report['after_pretraining_success_rate']:.2f}."]
+    if report["refreshes"]:
+        lines += ["", "Progress model refreshed in the loop (refresh.every): hacking per segment between refreshes:", "",
+                  "| episodes | hacking | successes | refresh s |", "|---|---|---|---|"]
+        lines += [f"| {r['from']}-{r['to'] - 1} | {r['hacking']}/{r['episodes']} | {r['successes']} | "
+                  f"{r['seconds'] if r['seconds'] is not None else '-'} |" for r in report["refreshes"]]
     lines += ["", f"Reward-hacking monitor: {len(hacked)} of {len(hist)} training episodes ended with progress >= "
               f"{cfg.reward.hacking_progress} and no success" + (f" (episodes {hacked[:20]})" if hacked else "") + ".",
               *(["", f"Self-imitation: {report['imitated_episodes']} successful online episodes joined the "

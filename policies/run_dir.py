@@ -60,6 +60,7 @@ class RunState:
     history: list[dict] = field(default_factory=list)   # one row per online episode
     evals: list[dict] = field(default_factory=list)     # one row per evaluation
     stage_seconds: dict = field(default_factory=dict)
+    refreshes: list[dict] = field(default_factory=list)  # one row per in-the-loop refresh of the progress model
 
 
 def save_checkpoint(path: Path, agent, online, state: RunState, rng: np.random.Generator, cfg_dict: dict,

@@ -104,7 +104,8 @@ def load_failures(data, cameras: tuple[str, ...], tasks=None, kinds=FAILURE_KIND
 
 def load_episodes(data, cameras: tuple[str, ...], max_per_task: int | None = None, kinds=("expert",),
                   resize_to: int | None = None) -> list[TrainEpisode]:
-    """Successful episodes of ``kinds`` from the stores in ``data``, with step-progress labels.
+    """Successful episodes of ``kinds`` from the stores in ``data``, with step-progress labels;
+    ``max_per_task`` caps the expert demonstrations per task (a learning run's successes are not capped).
 
     ``resize_to`` stores frames at the encoder's input size (saves memory and a resize per step).
     """
@@ -118,13 +119,14 @@ def load_episodes(data, cameras: tuple[str, ...], max_per_task: int | None = Non
                 attrs = store.episode_attrs(i)
                 if not attrs["success"] or attrs["kind"] not in kinds:
                     continue
-                if max_per_task is not None and per_task.get(attrs["task"], 0) >= max_per_task:
+                capped = attrs["kind"] == "expert"  # the cap counts demonstrations
+                if capped and max_per_task is not None and per_task.get(attrs["task"], 0) >= max_per_task:
                     continue
                 ep = store[i]
                 images = _read_images(ep, cameras, resize_to)
                 out.append(TrainEpisode(images, step_progress(ep.keyframes, len(images)), int(ep.keyframes[-1]), ep.task,
                                         ep.instruction, np.asarray(ep.keyframes, dtype=int)))
-                per_task[ep.task] = per_task.get(ep.task, 0) + 1
+                per_task[ep.task] = per_task.get(ep.task, 0) + int(capped)
     if not out:
         raise ValueError(f"no successful expert episodes with cameras {list(cameras)} in {data}")
     return out
@@ -371,13 +373,11 @@ def _direction_free(task: str) -> str:
         name = name.replace(word, canonical)
     return name
 
-
 def reverse_twins(task: str, tasks: list[str]) -> list[str]:
     """Tasks of ``tasks`` with ``task``'s scene and the opposite goal: the names agree once the
     direction words are made equal (lock / unlock, open / close, push / pull / press, slide /
     slide-back): ``door-lock`` -> ``door-unlock``, ``plate-slide-side`` -> ``plate-slide-back-side``."""
-    suite = lambda t: t.split("/", 1)[0] if "/" in t else ""  # noqa: E731
-    key = _direction_free(task)
+    suite, key = (lambda t: t.split("/", 1)[0] if "/" in t else ""), _direction_free(task)  # noqa: E731
     return [t for t in tasks if t != task and suite(t) == suite(task) and _direction_free(t) == key
             and not _wall_twins(t, task)]
 

@@ -82,7 +82,8 @@ def train(cfg) -> StepPRM:
                                       encoder_size=int(r.encoder_size), width=int(r.width), dim=int(r.dim),
                                       num_bins=int(r.num_bins), perspective=r.model_perspective,
                                       fusion=str(r.get("fusion", "attention")), device=r.device))
-    episodes = load_episodes(cfg.data, model.cameras, cfg.max_episodes_per_task, resize_to=model.cfg.encoder_size)
+    episodes = load_episodes(cfg.data, model.cameras, cfg.max_episodes_per_task, resize_to=model.cfg.encoder_size,
+                             kinds=tuple(cfg.get("success_kinds", ("expert",))))
     val = [ep for k, ep in enumerate(episodes) if cfg.val_every_nth and k % int(cfg.val_every_nth) == 0]
     train_eps = [ep for ep in episodes if not any(ep is v for v in val)] or episodes
     log.info("training on %d episodes of %d tasks (%d validation)", len(train_eps), len({e.task for e in train_eps}), len(val))

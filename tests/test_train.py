@@ -285,3 +285,52 @@ def test_self_imitation_adds_successful_episodes_to_the_demonstrations_and_resum
         check_config(cfg_of("online.imitate_successes=true", "algo=sac"))
     with pytest.raises(TrainConfigError, match="policy=state"):
         check_config(cfg_of("online.imitate_successes=true", "policy=image"))
+
+
+def test_progress_model_refreshed_on_the_runs_own_episodes_and_resumed(tmp_path):
+    """refresh.every: the step-PRM fine-tuned on the run's episodes between online episodes; the report
+    counts hacking per segment; a resume scores with the last refresh, never the model it started from."""
+    import reward_models
+
+    out = tmp_path / "run"
+    over = [o for o in SMALL if not o.startswith("reward.shaping")] + [
+        "reward.shaping=progress", "online.episodes=3", "refresh.every=1", "refresh.steps=3"]
+    report = run(cfg_of(*over), out)
+    dirs = sorted((out / "reward_model_refresh").iterdir())
+    assert [d.name for d in dirs] == ["ep00001", "ep00002"]  # after episodes 1 and 2, none after the last
+    assert [r["from"] for r in report["refreshes"]] == [0, 1, 2]
+    assert sum(r["episodes"] for r in report["refreshes"]) == 3
+    ck = torch.load(out / "checkpoint.pt", weights_only=False)
+    assert [r["episode"] for r in ck["state"]["refreshes"]] == [1, 2]
+    first, second = (reward_models.load(d) for d in dirs)
+    shipped = reward_models.load("general")
+    changed = lambda a, b: any(not torch.equal(x, y) for x, y in zip(a.net.state_dict().values(),  # noqa: E731
+                                                                     b.net.state_dict().values()))
+    assert changed(first, shipped) and changed(second, first)  # each refresh trained from the one before
+    assert "hacking per segment" in (out / "report.md").read_text()
+    assert report["after_pretraining_success_rate"] == report["evals"][0]["success_rate"]  # printed for item 4
+    assert "After pre-training alone" in (out / "report.md").read_text()
+    # the run's own episodes were the refresh's data: one failure at least, as a censored negative
+    from episodes import EpisodeStore
+
+    with EpisodeStore(out / "online_episodes.hdf5") as store:
+        assert len(store) == 3 and not all(store.episode_attrs(i)["success"] for i in range(3))
+    # a refresh the checkpoint does not count (a killed run made it) is dropped on resume
+    (out / "reward_model_refresh" / "ep00009").mkdir()
+    over = [o for o in over if not o.startswith("online.episodes")]
+    report = run(cfg_of(*over, "resume=true", "online.episodes=4"), out)
+    assert not (out / "reward_model_refresh" / "ep00009").exists()
+    assert [(r["from"], r["to"]) for r in report["refreshes"]] == [(0, 1), (1, 2), (2, 4)]
+    from reward_models.shaping import episode_potentials
+
+    with EpisodeStore(out / "online_episodes.hdf5") as store:  # episode 4 was scored by the last refresh
+        ep = store[3]
+        phi = episode_potentials(second, ep.images, ep.instruction, None, "forward")
+        assert float(phi[-1]) == pytest.approx(store.episode_attrs(3)["extra_attrs"]["final_progress"], abs=1e-4)
+
+
+def test_refresh_settings_that_cannot_work_are_refused():
+    with pytest.raises(TrainConfigError, match="refresh.every"):
+        check_config(cfg_of(*SMALL, "refresh.every=5"))  # shaping=none: nothing to refresh
+    with pytest.raises(TrainConfigError, match="keep_episodes"):
+        check_config(cfg_of(*SMALL[:1], "reward.shaping=progress", "refresh.every=5", "keep_episodes=false"))

@@ -46,6 +46,7 @@ from policies.report import write_train_report
 from policies.rewards import RewardPipeline
 from policies.online_store import OnlineEpisodeStore, keeps_episodes
 from policies.run_dir import RunState, existing_checkpoint, load_checkpoint, resume_learner, save_checkpoint
+from policies.refresh import refresh_due, refresh_in_loop, resume_refreshed_model
 from policies.stages import adapt_progress_model, collect_demos, load_reward_models, make_envs, plan_rig
 
 log = logging.getLogger("stepwise.train")
@@ -83,10 +84,14 @@ def run(cfg, run_dir: str | Path) -> dict:
     demo_store = collect_demos(cfg, run, tuple(rig.env_cams) if image_policy else rig.cameras, rig.render_size)
     stage_done("collect_demos", t0)
     reference = None
+    model_dir = None  # where the progress model in use lives (a refresh fine-tunes from it)
     if uses_model:
         t0 = time.perf_counter()
         model = adapt_progress_model(cfg, run, demo_store)
+        model_dir = run / "reward_model" if (run / "reward_model" / "config.json").exists() else cfg.reward.model
         stage_done("adapt_reward_model", t0)
+        if cfg.refresh.every:
+            model, model_dir = resume_refreshed_model(run, state, model, model_dir)
     records = demo_records(demo_store, list(rig.cameras) if uses_model else [], cfg.reward.success_reward, view)
     if model is not None and cfg.reward.perspective == "backward":
         from episodes import EpisodeStore
@@ -182,6 +187,8 @@ def run(cfg, run_dir: str | Path) -> dict:
             if isinstance(v, (int, float, bool)) and k != "episode" and not (isinstance(v, float) and math.isnan(v)):
                 writer.add_scalar(f"train/{k}", float(v), state.episode)
         state.episode += 1
+        if refresh_due(cfg, state.episode, n_episodes):  # the progress model re-fitted on the run's episodes
+            kept, model_dir = refresh_in_loop(cfg, run, state, pipeline, kept, demo_store, model_dir, writer)
         bar.update(1)
         bar.set_postfix(success=rec.success, steps=state.env_steps, alpha=f"{agent.alpha:.3f}")
         if state.episode % cfg.eval.every == 0 or state.episode == n_episodes:
