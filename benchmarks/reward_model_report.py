@@ -36,6 +36,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 sys.path.insert(0, str(ROOT))
+from robustness import split_label  # noqa: E402  (label=path entries, as robustness.py takes them)
+
 RESULTS = ROOT / "benchmarks" / "results"
 FAMILIES = ("step_prm", "perceptual", "vlm")
 
@@ -89,12 +91,6 @@ def adapt_step_prm(general: str, demo_store: Path, out: Path, steps: int) -> flo
     start = time.perf_counter()
     train(cfg)
     return time.perf_counter() - start
-
-
-def split_label(entry: str) -> tuple[str, str]:
-    """``label=path`` -> (label, path); a plain shipped name or path is its own label."""
-    label, sep, path = entry.partition("=")
-    return (label, path) if sep else (entry, entry)
 
 
 def measure_step_prm(args: argparse.Namespace) -> dict:

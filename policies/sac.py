@@ -2,7 +2,7 @@
 
 Read top to bottom: `SACConfig` (every hyperparameter), the networks (`TanhGaussianActor`,
 `CriticEnsemble`), then `SAC.update`, the whole learning step on one screen. The file is longer
-than 400 lines because it is one algorithm kept whole, as CleanRL keeps its single-file agents:
+than 500 lines because it is one algorithm kept whole, as CleanRL keeps its single-file agents:
 config, networks, update and save/load read in order without jumping between files.
 
 Batch contract (what `update` reads; `policies.replay` produces it), all float32 torch tensors:

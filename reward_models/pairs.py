@@ -200,7 +200,7 @@ class PairSampler:
         peers = [j for j in self.by_task[self.episodes[i].task] if j != i]
         return int(self.rng.choice(peers)) if peers else i
 
-    def _failure_pairs(self, states: list, task: str, wrong_instruction: bool = False) -> tuple[list, list, list, list, list, str]:
+    def _failure_pairs(self, states: list, task: str, wrong_instruction: bool = False) -> tuple[list, list, list, list, list, list, str]:
         """Censored pairs of one failure episode of ``task``: start -> frame below the top bin and
         goal -> frame below the zero bin (see the module docstring). ``wrong_instruction``: a
         successful episode of ``task`` under another task's instruction, with that task's goal anchors."""
@@ -231,7 +231,7 @@ class PairSampler:
         bounds = [1.0 - self.width] * half + [-self.width] * (self.pairs - half)
         # start -> frame pairs keep the goal anchor too (as in success pairs) 70% of the time
         goals = [g_idx if rng.random() >= self.drop_goal_prob else -1 for _ in range(half)] + [g_idx] * (self.pairs - half)
-        return before, list(frames), bounds, [s_idx] * self.pairs, goals, instruction or ep.instruction
+        return before, list(frames), bounds, [False] * self.pairs, [s_idx] * self.pairs, goals, instruction or ep.instruction
 
     def sample(self, num_episodes: int) -> PairBatch:
         """One batch of pairs from ``num_episodes`` episodes (tasks drawn uniformly); with failures,
@@ -246,8 +246,9 @@ class PairSampler:
             wrong = not failure and any(self.confusable[task]) and u > 1.0 - self.instruction_negative_share
             twin = (not failure and not wrong and bool(self.twins[task])
                     and u > 1.0 - self.instruction_negative_share - self.reverse_twin_share)
-            if twin:
-                b, a, h, lo, s_i, g_i, instruction = self._twin_pairs(states, task)
+            if twin or failure or wrong:  # bounded pairs (see the module docstring)
+                b, a, h, lo, s_i, g_i, instruction = (self._twin_pairs(states, task) if twin else
+                                                      self._failure_pairs(states, task, wrong_instruction=wrong))
                 before += b
                 after += a
                 hops += h
@@ -256,17 +257,6 @@ class PairSampler:
                 goal_i += g_i
                 texts += [self.instructions.index(instruction)] * len(b)
                 censored += [True] * len(b)
-                continue
-            if failure or wrong:
-                b, a, h, s_i, g_i, instruction = self._failure_pairs(states, task, wrong_instruction=wrong)
-                before += b
-                after += a
-                hops += h
-                start_i += s_i
-                goal_i += g_i
-                texts += [self.instructions.index(instruction)] * len(b)
-                censored += [True] * len(b)
-                lower += [False] * len(b)
                 continue
             i = int(rng.choice(self.by_task[task]))
             ep = self.episodes[i]
