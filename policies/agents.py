@@ -36,7 +36,8 @@ def make_learner(cfg, env, view: PolicyView | None, records: list, imitate: bool
         return agent, new_buffer(sum(len(r.actions) + 1 for r in records)), new_buffer  # T+1 frame rows per episode
     obs_dim = env.observation_space["state"].shape[0]
     agent = make_agent(cfg, obs_dim, act_dim)
-    new_buffer = lambda rows: ReplayBuffer(obs_dim, act_dim, rows)  # noqa: E731
+    n_step, gamma = agent.cfg.n_step, agent.cfg.gamma  # n-step transitions where the agent reads them
+    new_buffer = lambda rows: ReplayBuffer(obs_dim, act_dim, rows, n_step, gamma)  # noqa: E731
     # self-imitation: successful online episodes join the demonstrations, so the buffer has room for them
     offline = new_buffer(sum(len(r.actions) for r in records) + (int(cfg.online.capacity) if imitate else 0))
     return agent, offline, new_buffer

@@ -46,6 +46,7 @@ class OnlineSettings:
     offline_fraction: float = MISSING
     imitate_successes: bool = MISSING
     cql_alpha: float = MISSING
+    cql_rows: Optional[int] = MISSING
     bc_final: float = MISSING
     bc_anneal_episodes: int = MISSING
     updates_per_step: int = MISSING
@@ -227,6 +228,18 @@ def check_config(cfg):
         raise TrainConfigError(f"policy={cfg.policy!r} unknown: use one of {POLICIES}")
     if cfg.policy == "image":
         check_image_policy(cfg)
+    if cfg.online.cql_rows is not None and cfg.online.cql_rows < 1:
+        raise TrainConfigError(f"online.cql_rows={cfg.online.cql_rows}: the conservative term needs >= 1 row "
+                               "(null: every row of the batch)")
+    if cfg.agent.n_step > 1 and cfg.policy != "state":
+        raise TrainConfigError(f"agent.n_step={cfg.agent.n_step} works with policy=state only (the image replay "
+                               "stores one-step rows): set agent.n_step=1 for policy=image")
+    if cfg.agent.proposal and cfg.policy != "state":
+        raise TrainConfigError("agent.proposal=true (IBRL's frozen BC actor) works with policy=state only: the image "
+                               "policy's encoder keeps learning, so a frozen copy of its actor goes stale; set it false")
+    if cfg.agent.proposal and (cfg.algo == "sac" or cfg.pretrain.bc_steps < 1):
+        raise TrainConfigError("agent.proposal=true freezes the actor after the BC warm start: it needs algo=calql "
+                               "with pretrain.bc_steps >= 1")
     if cfg.online.imitate_successes:
         if cfg.algo != "calql":
             raise TrainConfigError(f"online.imitate_successes=true adds successful online episodes to the "

@@ -102,4 +102,4 @@ def add_to_replay(buffer, rec: EpisodeRecord, terms: dict) -> None:
         buffer.add_episode(rec.policy_frames, rec.proprio, rec.actions, terms["reward"], rec.terminated,
                            terms["mc_return"])
     else:
-        buffer.add_batch(rec.obs[:-1], rec.actions, terms["reward"], rec.obs[1:], rec.terminated, terms["mc_return"])
+        buffer.add_episode(rec.obs, rec.actions, terms["reward"], rec.terminated, terms["mc_return"])

@@ -17,6 +17,8 @@ def bc_warm_start(agent, buffer, steps: int, batch_size: int, rng: np.random.Gen
         loss = agent.bc_update(b["obs"], b["action"])
         if writer is not None and step % log_every == 0:
             writer.add_scalar("pretrain/bc_loss", loss, step)
+    if getattr(agent.cfg, "proposal", False):  # IBRL: the cloned actor, frozen, proposes actions from now on
+        agent.freeze_proposal()
 
 
 def calql_pretrain(agent, buffer, steps: int, batch_rows: int, rng: np.random.Generator, writer=None,
@@ -36,3 +38,12 @@ def anneal_bc(agent, episode: int, anneal_episodes: int, final: float) -> None:
     """The BC term's multiplier, linear from 1.0 at episode 0 to ``final`` at ``anneal_episodes``."""
     frac = min(1.0, int(episode) / max(1, int(anneal_episodes)))
     agent.bc_coef = 1.0 + frac * (float(final) - 1.0)
+
+
+def start_online(agent, online) -> None:
+    """The agent's settings for online fine-tuning from the job's ``online`` block: the conservative
+    weight, and the rows it is computed on (``cql_rows``, where the block has it)."""
+    agent.cql_alpha = float(online.cql_alpha)
+    rows = online.get("cql_rows") if hasattr(online, "get") else getattr(online, "cql_rows", None)
+    if rows is not None:
+        agent.cql_rows = int(rows)

@@ -5,7 +5,8 @@ Every sampler returns the batch contract of `policies.sac` (float32 torch tensor
 obs (n, S), action (n, A), reward (n,), next_obs (n, S), terminated (n,) 1.0 only at true
 terminals (a time-limit truncation is not terminal and is stored as terminated = 0), and
 mc_return (n,): the discounted return-to-go the row's episode actually collected (Cal-QL's
-lower bound; -inf where none was given).
+lower bound; -inf where none was given), horizon (n,): the env steps the row spans (1, or up to
+n_step for a buffer of n-step transitions; the critic discounts its bootstrap by gamma ** horizon).
 `MixedReplay` adds demo (n,): 1.0 on rows drawn from the offline buffer.
 """
 
@@ -19,9 +20,9 @@ from typing import Callable
 import numpy as np
 import torch
 
-__all__ = ["ReplayBuffer", "MixedReplay", "load_offline", "discounted_returns", "success_cut"]
+__all__ = ["ReplayBuffer", "MixedReplay", "load_offline", "discounted_returns", "n_step_transitions", "success_cut"]
 
-_FIELDS = ("obs", "action", "reward", "next_obs", "terminated", "mc_return")
+_FIELDS = ("obs", "action", "reward", "next_obs", "terminated", "mc_return", "horizon")
 
 
 def discounted_returns(rewards: np.ndarray, gamma: float, bootstrap: float = 0.0) -> np.ndarray:
@@ -34,6 +35,22 @@ def discounted_returns(rewards: np.ndarray, gamma: float, bootstrap: float = 0.0
         g = rewards[t] + gamma * g
         out[t] = g
     return out.astype(np.float32)
+
+
+def n_step_transitions(rewards: np.ndarray, n: int, gamma: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """An episode's n-step transitions: row t sums r_t + gamma r_{t+1} + ... over m = min(n, T - t)
+    steps and bootstraps from observation t + m with gamma ** m. Returns (rewards float32 (T,),
+    index of the next observation int (T,), horizon m float32 (T,)). A sum of potential-based
+    shaping terms telescopes to gamma^m Phi(s_{t+m}) - Phi(s_t): the shaping stays potential-based."""
+    rewards = np.asarray(rewards, np.float64)
+    T = len(rewards)
+    t = np.arange(T)
+    m = np.minimum(n, T - t)
+    out = np.zeros(T)
+    for k in range(n):
+        live = k < m
+        out[live] += gamma ** k * rewards[t[live] + k]
+    return out.astype(np.float32), t + m, m.astype(np.float32)
 
 
 def success_cut(success: np.ndarray) -> tuple[int, bool]:
@@ -52,18 +69,22 @@ class ReplayBuffer:
         obs_dim: S, length of a flat observation.
         act_dim: A, length of an action.
         capacity: most transitions kept; when full the oldest are overwritten.
+        n_step: `add_episode` stores n-step transitions (1: one-step).
+        gamma: the discount of the n-step rewards (the agent's).
     """
 
-    def __init__(self, obs_dim: int, act_dim: int, capacity: int) -> None:
-        if obs_dim < 1 or act_dim < 1 or capacity < 1:
-            raise ValueError(f"obs_dim, act_dim and capacity must be >= 1, got {obs_dim}, {act_dim}, {capacity}")
+    def __init__(self, obs_dim: int, act_dim: int, capacity: int, n_step: int = 1, gamma: float = 0.99) -> None:
+        if obs_dim < 1 or act_dim < 1 or capacity < 1 or n_step < 1:
+            raise ValueError(f"obs_dim, act_dim, capacity and n_step must be >= 1, got {obs_dim}, {act_dim}, {capacity}, {n_step}")
         self.obs_dim, self.act_dim, self.capacity = int(obs_dim), int(act_dim), int(capacity)
+        self.n_step, self.gamma = int(n_step), float(gamma)
         self.obs = np.zeros((capacity, obs_dim), np.float32)
         self.action = np.zeros((capacity, act_dim), np.float32)
         self.reward = np.zeros((capacity,), np.float32)
         self.next_obs = np.zeros((capacity, obs_dim), np.float32)
         self.terminated = np.zeros((capacity,), np.float32)
         self.mc_return = np.full((capacity,), -np.inf, np.float32)
+        self.horizon = np.ones((capacity,), np.float32)
         self.pos = 0  # next row to write
         self.size = 0
 
@@ -79,13 +100,16 @@ class ReplayBuffer:
         )
 
     def add_batch(self, obs: np.ndarray, action: np.ndarray, reward: np.ndarray, next_obs: np.ndarray,
-                  terminated: np.ndarray, mc_return: np.ndarray | None = None) -> None:
+                  terminated: np.ndarray, mc_return: np.ndarray | None = None,
+                  horizon: np.ndarray | None = None) -> None:
         """Add N transitions: obs/next_obs (N, S), action (N, A), reward (N,), terminated (N,) bool or 0/1,
-        mc_return (N,) or None (unknown: -inf, no Cal-QL bound)."""
+        mc_return (N,) or None (unknown: -inf, no Cal-QL bound), horizon (N,) or None (one-step rows)."""
         if mc_return is None:
             mc_return = np.full(len(np.asarray(reward)), -np.inf, np.float32)
+        if horizon is None:
+            horizon = np.ones(len(np.asarray(reward)), np.float32)
         rows = {"obs": obs, "action": action, "reward": reward, "next_obs": next_obs, "terminated": terminated,
-                "mc_return": mc_return}
+                "mc_return": mc_return, "horizon": horizon}
         rows = {k: np.asarray(v, dtype=np.float32) for k, v in rows.items()}
         n = rows["obs"].shape[0]
         for k, v in rows.items():
@@ -108,6 +132,18 @@ class ReplayBuffer:
         idx = rng.integers(0, self.size, size=n)
         return {k: torch.as_tensor(getattr(self, k)[idx], device=device) for k in _FIELDS}
 
+    def add_episode(self, obs: np.ndarray, action: np.ndarray, reward: np.ndarray, terminated: np.ndarray,
+                    mc_return: np.ndarray | None = None) -> None:
+        """Add one episode: obs (T+1, S), action (T, A), reward (T,), terminated (T,), mc_return (T,) or
+        None; as one-step transitions, or with ``n_step`` > 1 as n-step ones (`n_step_transitions`)."""
+        obs = np.asarray(obs, np.float32)
+        if self.n_step == 1:
+            self.add_batch(obs[:-1], action, reward, obs[1:], terminated, mc_return)
+            return
+        rewards, next_idx, horizon = n_step_transitions(reward, self.n_step, self.gamma)
+        done = np.asarray(terminated, np.float32)[next_idx - 1]  # a true terminal can only be the episode's last step
+        self.add_batch(obs[:-1], action, rewards, obs[next_idx], done, mc_return, horizon)
+
     def rows(self) -> dict[str, np.ndarray]:
         """Copies of the filled rows, oldest first, by field (what `add_rows` takes back)."""
         order = (np.arange(self.size) + (self.pos - self.size)) % self.capacity
@@ -115,7 +151,7 @@ class ReplayBuffer:
 
     def add_rows(self, rows: Mapping[str, np.ndarray]) -> None:
         """Append rows given by field, as `rows` returns them (``mc_return`` optional)."""
-        self.add_batch(*(rows[k] for k in _FIELDS[:-1]), rows.get("mc_return"))
+        self.add_batch(*(rows[k] for k in _FIELDS[:5]), rows.get("mc_return"), rows.get("horizon"))
 
     def save(self, path: str | os.PathLike) -> None:
         """Write the filled rows (oldest first) and the capacity to a compressed .npz."""
@@ -125,7 +161,7 @@ class ReplayBuffer:
     def load(cls, path: str | os.PathLike) -> "ReplayBuffer":
         """Read a buffer written by `save` (same capacity, rows in the same order)."""
         with np.load(path) as z:
-            missing = [k for k in (*_FIELDS, "capacity") if k not in z and k != "mc_return"]
+            missing = [k for k in (*_FIELDS, "capacity") if k not in z and k not in ("mc_return", "horizon")]
             if missing:
                 raise ValueError(f"{str(path)!r} lacks {missing}: not written by ReplayBuffer.save")
             buf = cls(z["obs"].shape[1], z["action"].shape[1], int(z["capacity"]))
@@ -219,7 +255,7 @@ def load_offline(
     """
     from episodes.store import EpisodeStore  # imported here: only this loader needs h5py
 
-    columns: dict[str, list[np.ndarray]] = {k: [] for k in _FIELDS}
+    columns: dict[str, list[np.ndarray]] = {k: [] for k in _FIELDS[:6]}
     for file in store_files(Path(store_path)):
         store = EpisodeStore(file, cameras=[])  # no images: state-based
         try:
@@ -253,5 +289,5 @@ def load_offline(
     data = {k: np.concatenate(v) for k, v in columns.items()}
     n = len(data["obs"])
     buf = ReplayBuffer(data["obs"].shape[1], data["action"].shape[1], capacity or n)
-    buf.add_batch(*(data[k] for k in _FIELDS))
+    buf.add_batch(*(data[k] for k in _FIELDS[:6]))
     return buf

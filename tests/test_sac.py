@@ -205,7 +205,7 @@ def test_mixed_replay_is_symmetric_and_falls_back_to_offline():
     b = mixed.sample(256, rng)
     assert b["demo"].sum() == 128
     assert torch.equal(b["reward"] == 1, b["demo"] == 1)  # demo marks exactly the offline rows
-    assert set(b) == {"obs", "action", "reward", "next_obs", "terminated", "mc_return", "demo"}
+    assert set(b) == {"obs", "action", "reward", "next_obs", "terminated", "mc_return", "horizon", "demo"}
     assert all(v.dtype == torch.float32 for v in b.values())
 
 
@@ -434,3 +434,96 @@ def test_relative_state_features():
     resumed = SAC.from_state_dict(agent.state_dict())
     assert resumed.cfg.state_features == "relative"
     np.testing.assert_array_equal(a, resumed.act(s, deterministic=True))
+
+
+def test_cql_rows_computes_the_penalty_on_a_strided_subset():
+    """cql_rows=k: the penalty equals the full penalty on every (B // k)-th row, so a mixed batch
+    (offline rows first, then online) keeps its shares; and the update still learns with it."""
+    rng = np.random.default_rng(5)
+    agent = SAC(5, 3, SACConfig(hidden_sizes=(16,), cql_alpha=1.0, cql_n_actions=2, device="cpu"))
+    b = random_batch(rng, 16)
+    q = agent.critic(b["obs"], b["action"])
+    mc = torch.as_tensor(rng.normal(size=16), dtype=torch.float32)
+    agent.cql_rows = 4
+    torch.manual_seed(2)
+    sub = agent.conservative_penalty(b["obs"], b["next_obs"], q, mc)
+    agent.cql_rows = None
+    torch.manual_seed(2)
+    rows = slice(0, 16, 4)
+    want = agent.conservative_penalty(b["obs"][rows], b["next_obs"][rows], q[:, rows], mc[rows])
+    torch.testing.assert_close(sub, want)
+    torch.manual_seed(2)
+    assert not torch.allclose(agent.conservative_penalty(b["obs"], b["next_obs"], q, mc), want)
+    with pytest.raises(ValueError, match="cql_rows"):
+        SACConfig(cql_rows=0)
+
+
+def test_proposal_actor_is_picked_where_the_critics_value_it_higher(tmp_path):
+    """IBRL: after freeze_proposal the frozen BC actor's action competes with the RL actor's in act()
+    and in the critic's target; the higher min-Q wins per row; a checkpoint keeps the proposal."""
+    torch.manual_seed(0)
+    agent = SAC(3, 2, SACConfig(hidden_sizes=(16,), backup_entropy=False, proposal=True, device="cpu"))
+    obs = torch.randn(64, 3)
+    # the critic: Q(s, a) = -|a - target|^2, target = (0.5, -0.5); the BC actor proposes near the target
+    target = torch.tensor([0.5, -0.5])
+    with torch.no_grad():
+        for p in agent.actor.net.parameters():
+            p.zero_()
+        agent.actor.net[-1].bias[:2] = torch.atanh(target)  # the "BC" actor: tanh(mean) = target everywhere
+    agent.freeze_proposal()
+    with torch.no_grad():
+        agent.actor.net[-1].bias[:2] = torch.tensor([-2.0, 2.0])  # the RL actor now proposes far from it
+
+    def q_fn(features, action):
+        return -((action - target) ** 2).sum(-1).expand(agent.cfg.num_critics, -1)
+
+    agent.critic.forward = q_fn
+    agent.critic_target.forward = q_fn
+    got = agent.act(obs.numpy(), deterministic=True)
+    np.testing.assert_allclose(got, np.tile(target.numpy(), (64, 1)), atol=1e-5)
+    y = agent.critic_target_values(torch.zeros(64), obs, torch.zeros(64))
+    torch.testing.assert_close(y, torch.zeros(64), atol=1e-6, rtol=0)  # bootstrapped from the BC action: Q = 0
+    with torch.no_grad():  # the RL actor now proposes the optimum itself and wins the ties it makes
+        agent.actor.net[-1].bias[:2] = torch.atanh(target) + 1e-3
+    assert np.abs(agent.act(obs.numpy(), deterministic=True) - target.numpy()).max() < 1e-2
+    del agent.critic.forward, agent.critic_target.forward
+    state = agent.state_dict()
+    torch.save(state, tmp_path / "a.pt")
+    back = SAC.from_state_dict(torch.load(tmp_path / "a.pt", weights_only=False))
+    assert back.proposal is not None
+    for a, b in zip(back.proposal.parameters(), agent.proposal.parameters()):
+        assert torch.equal(a, b) and not a.requires_grad
+
+
+def test_n_step_transitions_and_the_target_discount():
+    """n-step rows sum the discounted rewards over min(n, T - t) steps, bootstrap from the observation
+    after them, keep the terminal of the episode's last step only, and the target uses gamma ** horizon."""
+    from policies.replay import n_step_transitions
+
+    g = 0.9
+    r = np.array([1.0, 2.0, 3.0, 4.0])
+    rew, nxt, h = n_step_transitions(r, 3, g)
+    np.testing.assert_allclose(rew, [1 + 2 * g + 3 * g * g, 2 + 3 * g + 4 * g * g, 3 + 4 * g, 4], rtol=1e-6)
+    np.testing.assert_array_equal(nxt, [3, 4, 4, 4])
+    np.testing.assert_array_equal(h, [3, 3, 2, 1])
+    # shaping terms gamma Phi(s') - Phi(s) telescope over the window
+    phi = np.array([0.0, 0.3, 0.1, 0.7, 0.9])
+    f, nxt, h = n_step_transitions(g * phi[1:] - phi[:-1], 3, g)
+    np.testing.assert_allclose(f, g ** h * phi[nxt] - phi[:-1], rtol=1e-5, atol=1e-6)
+    buf = ReplayBuffer(2, 1, 10, n_step=3, gamma=g)
+    obs = np.arange(10, dtype=np.float32).reshape(5, 2)
+    buf.add_episode(obs, np.zeros((4, 1)), r, np.array([0, 0, 0, 1.0]))
+    np.testing.assert_array_equal(buf.next_obs[:4], obs[[3, 4, 4, 4]])
+    np.testing.assert_array_equal(buf.terminated[:4], [0, 1, 1, 1])  # every window that reaches the end ends there
+    np.testing.assert_array_equal(buf.horizon[:4], [3, 3, 2, 1])
+    agent = SAC(2, 1, SACConfig(hidden_sizes=(8,), backup_entropy=False, gamma=g, device="cpu"))
+    nob = torch.randn(3, 2)
+    torch.manual_seed(4)
+    y = agent.critic_target_values(torch.zeros(3), nob, torch.zeros(3), torch.tensor([1.0, 2.0, 3.0]))
+    torch.manual_seed(4)
+    y1 = agent.critic_target_values(torch.zeros(3), nob, torch.zeros(3))
+    torch.testing.assert_close(y, y1 * torch.tensor([1.0, g, g * g]))
+    one = ReplayBuffer(2, 1, 10)  # n_step=1: the plain one-step rows
+    one.add_episode(obs, np.zeros((4, 1)), r, np.array([0, 0, 0, 1.0]))
+    np.testing.assert_array_equal(one.next_obs[:4], obs[1:])
+    np.testing.assert_array_equal(one.reward[:4], r)

@@ -45,7 +45,7 @@ import numpy as np
 import torch
 
 from policies.agents import make_agent
-from policies.pretrain import anneal_bc, bc_warm_start, calql_pretrain
+from policies.pretrain import anneal_bc, bc_warm_start, calql_pretrain, start_online
 from policies.report import write_reset_free_report
 from policies.reset_free.checkpoint import RunState, load_checkpoint, save_checkpoint
 from policies.reset_free.classifier_data import adapt_classifier
@@ -103,11 +103,12 @@ def run(cfg, run_dir: str | Path) -> dict:
     # -- stage 1: demonstrations ---------------------------------------------------------------
     t0 = time.perf_counter()
     demos = collect_demo_chains(cfg.pair, cfg.demos, cfg.max_steps, seed=0) if cfg.demos else []
-    offline = ReplayBuffer(OBS_DIM, 4, max(1, sum(len(d.actions) for d in demos)))
+    steps = (int(cfg.agent.n_step), float(cfg.agent.gamma))  # n-step transitions where the agent reads them
+    offline = ReplayBuffer(OBS_DIM, 4, max(1, sum(len(d.actions) for d in demos)), *steps)
     for d in demos:
         add_attempt(offline, d, success_reward, gamma)
     state.stage_seconds.setdefault("demos", time.perf_counter() - t0)
-    online = ReplayBuffer(OBS_DIM, 4, cfg.online.capacity)
+    online = ReplayBuffer(OBS_DIM, 4, cfg.online.capacity, *steps)
     agent = make_agent(cfg, OBS_DIM, 4, ResetFreeConfigError)
     rng = np.random.default_rng(cfg.seed)
     torch.manual_seed(cfg.seed)
@@ -156,7 +157,7 @@ def run(cfg, run_dir: str | Path) -> dict:
         state.phase = "online"
         run_eval()
         checkpoint()
-    agent.cql_alpha = cfg.online.cql_alpha
+    start_online(agent, cfg.online)
     torch.set_num_threads(cfg.threads)
 
     # -- stage 3: reset-free online fine-tuning ------------------------------------------------

@@ -41,7 +41,7 @@ from policies.agents import make_learner
 from policies.config import TrainConfigError, check_config, offline_threads
 from policies.episode import add_to_replay, demo_records, state_view
 from policies.loop import episode_row, evaluate, run_episode
-from policies.pretrain import anneal_bc, bc_warm_start, calql_pretrain
+from policies.pretrain import anneal_bc, bc_warm_start, calql_pretrain, start_online
 from policies.report import write_train_report
 from policies.rewards import RewardPipeline
 from policies.online_store import OnlineEpisodeStore, keeps_episodes
@@ -156,7 +156,7 @@ def run(cfg, run_dir: str | Path) -> dict:
         state.phase = "online" if cfg.algo != "bc" else "done"
         run_eval(eval_seeds)
         checkpoint()
-    agent.cql_alpha = cfg.online.cql_alpha
+    start_online(agent, cfg.online)
     torch.set_num_threads(cfg.threads)
 
     # -- stage 4: online fine-tuning ------------------------------------------------------------

@@ -176,7 +176,7 @@ def add_attempt(buffer, rec: AttemptRecord, success_reward: float, gamma: float)
     from policies.replay import discounted_returns
 
     r = attempt_rewards(rec, success_reward)
-    buffer.add_batch(rec.obs[:-1], rec.actions, r, rec.obs[1:], rec.terminated, discounted_returns(r, gamma))
+    buffer.add_episode(rec.obs, rec.actions, r, rec.terminated, discounted_returns(r, gamma))
 
 
 def evaluate_directions(agent, pair: str, seeds: Sequence[int], max_steps: int, scene: TaskPairScene | None = None) -> dict:

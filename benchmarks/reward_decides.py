@@ -1,0 +1,230 @@
+"""The benchmark where the reward decides: 1, 2 and 5 demonstrations x six rewards x seven held-out
+tasks x 3 seeds, 150 online episodes each, with episodes-to-90% and final success.
+
+    python benchmarks/reward_decides.py                                   # every cell, 1 at a time, resumable
+    python benchmarks/reward_decides.py --tasks push --demos 1 2 --rewards sparse step_prm --seeds 0
+    python benchmarks/reward_decides.py --table-only                      # the table from finished runs
+    python benchmarks/reward_decides.py --table-only --runs DIR1 DIR2     # ... from run folders made anywhere
+
+Each cell is one `stepwise-train` run (1 torch thread) in ``<runs>/<task>/<reward>/demos<d>/seed<s>``; a
+finished cell (report.json) is skipped, an unfinished one resumes from its checkpoint, so the grid
+can be run in parts across sittings or machines. The table is aggregated from the run folders
+alone: a cell is named by its ``report.json`` and ``.hydra/config.yaml`` (task, demonstrations, seed,
+reward), never by its path, so runs made by a sweep anywhere can be tabulated together. Rows with
+other learner settings than the benchmark's (``.hydra/overrides.yaml`` beyond the grid's keys) are
+kept apart under their overrides. Writes ``benchmarks/results/reward_decides.md`` (+ .json, .png).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+TASKS = ["drawer-open", "door-open", "button-press-topdown", "window-close", "push", "pick-place", "faucet-open"]
+DEMOS = [1, 2, 5]
+SEEDS = [0, 1, 2]
+EPISODES = 150
+REWARDS = {  # label -> stepwise-train overrides
+    "sparse": ["reward.shaping=none"],
+    "step_prm": ["reward.shaping=progress"],
+    "perceptual_tcn": ["reward=perceptual", "reward.encoder=tcn", "reward.shaping=progress"],
+    "vlm+step_prm": ["reward.source=success_prob", "reward.success_model=vlm-general", "reward.shaping=progress"],
+    "oracle": ["reward.shaping=oracle"],
+    "dense": ["reward.source=sim_dense", "reward.shaping=none"],
+}
+GRID_KEYS = ("task", "seed", "demos", "online.episodes", "reward", "threads", "offline_threads", "resume", "hydra")
+
+
+def cell_dir(runs: Path, task: str, reward: str, demos: int, seed: int) -> Path:
+    return runs / task / reward.replace("+", "_") / f"demos{demos}" / f"seed{seed}"
+
+
+def run_cell(runs: Path, task: str, reward: str, demos: int, seed: int, extra: list[str]) -> bool:
+    """One cell, resumed where a checkpoint exists; True when it has a report."""
+    out = cell_dir(runs, task, reward, demos, seed)
+    if (out / "report.json").exists():
+        return True
+    out.mkdir(parents=True, exist_ok=True)
+    cmd = [str(BIN / "stepwise-train"), f"task=metaworld/{task}", f"seed={seed}", f"demos={demos}",
+           f"online.episodes={EPISODES}", *REWARDS[reward], "threads=1", "offline_threads=1",
+           f"hydra.run.dir={out}", *(["resume=true"] if (out / "checkpoint.pt").exists() else []), *extra]
+    t0 = time.time()
+    with open(out / "stdout.log", "a") as log:
+        rc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT).returncode
+    print(f"{task} {reward} demos={demos} seed={seed}: rc {rc} in {time.time() - t0:.0f} s", flush=True)
+    return (out / "report.json").exists()
+
+
+def reward_label(config: dict) -> str:
+    """The grid's reward label of a run's resolved config."""
+    r = config["reward"]
+    if r["source"] == "sim_dense":
+        return "dense"
+    if r["shaping"] == "oracle":
+        return "oracle"
+    if r["shaping"] == "none":
+        return "sparse" if r["source"] == "sparse" else f"{r['source']}"
+    family = r.get("kind", "step_prm")
+    name = "step_prm" if family == "step_prm" else f"perceptual_{r.get('encoder', '?')}" if family == "perceptual" else family
+    return f"vlm+{name}" if r["source"] == "success_prob" else name
+
+
+def learner_label(overrides: list[str]) -> str:
+    """The overrides of a run beyond the grid's keys (its learner settings); '' for the defaults."""
+    own = set()
+    for rw in REWARDS.values():
+        own.update(rw)
+    rest = [o for o in overrides if o not in own and o.split("=")[0].lstrip("+~") not in GRID_KEYS
+            and not o.split("=")[0].startswith(("hydra.", "reward."))]
+    return " ".join(sorted(rest))
+
+
+def load_cells(dirs: list[Path]) -> list[dict]:
+    """Every finished run under ``dirs``: its cell keys and its report."""
+    import yaml
+
+    cells = []
+    for d in dirs:
+        for report in sorted(Path(d).rglob("report.json")):
+            run = report.parent
+            hydra = run / ".hydra"
+            if not (hydra / "config.yaml").exists():
+                continue
+            config = yaml.safe_load((hydra / "config.yaml").read_text())
+            overrides = yaml.safe_load((hydra / "overrides.yaml").read_text()) if (hydra / "overrides.yaml").exists() else []
+            r = json.loads(report.read_text())
+            cells.append({"task": r["task"].split("/")[-1], "demos": int(r["demos"]), "seed": int(r["seed"]),
+                          "reward": reward_label(config), "learner": learner_label(overrides or []),
+                          "episodes": int(r["online_episodes"]), "run": str(run), "report": r})
+    return cells
+
+
+def episodes_to(report: dict, rate: float = 0.9) -> int | None:
+    """Online episodes before the first evaluation at or above ``rate`` (0 = already after pre-training)."""
+    return next((e["episode"] for e in report["evals"] if e["success_rate"] >= rate), None)
+
+
+def write_table(cells: list[dict], out: Path) -> None:
+    import numpy as np
+
+    from machine import cpu_name
+
+    groups: dict[tuple, list[dict]] = {}
+    for c in cells:
+        groups.setdefault((c["learner"], c["task"], c["demos"], c["reward"]), []).append(c)
+    fmt = lambda v: "-" if v is None else f"{v:.2f}"  # noqa: E731
+    lines = [
+        "# The benchmark where the reward decides", "",
+        f"Written {time.strftime('%Y-%m-%d %H:%M')} by `benchmarks/reward_decides.py` from {len(cells)} finished runs "
+        f"(tabulated on {os.cpu_count()} CPU cores, {cpu_name()}; each run's own wall time is in its report). Every "
+        f"run: `stepwise-train` with the scripted-expert demonstrations given (the progress model adapted on ONE "
+        f"of them), BC warm start + Cal-QL pre-training, then {EPISODES} online episodes (a shorter run says so). "
+        "Success: deterministic policy on the eval split; `final` over 50 episodes after the last online episode; "
+        "`to 90%`: online episodes before the first 10-episode evaluation at >= 0.9 (0: pre-training alone; - : "
+        "never). `pre` is the success after pre-training alone. Rewards: `sparse` success only; `step_prm` + "
+        "the adapted step-PRM's progress as potential; `perceptual_tcn` + the perceptual reward fitted on one "
+        "demonstration; `vlm+step_prm` the VLM classifier's P(done) as the success signal + the step-PRM potential; "
+        "`oracle` + a privileged simulator potential; `dense` Meta-World's hand-written reward.", "",
+    ]
+    for learner in sorted({c["learner"] for c in cells}):
+        title = "the benchmark's learner (the defaults)" if not learner else f"learner overrides `{learner}`"
+        lines += [f"## Cells, {title}", "",
+                  "| task | demos | reward | seeds | pre | final | to 90% (per seed) | hacking eps | episodes |",
+                  "|---|---|---|---|---|---|---|---|---|"]
+        for (ln, task, demos, reward), cs in sorted(groups.items(), key=lambda kv: (kv[0][0], TASKS.index(kv[0][1]) if kv[0][1] in TASKS else 99, kv[0][2], kv[0][3])):
+            if ln != learner:
+                continue
+            reps = [c["report"] for c in cs]
+            pre = [r.get("after_pretraining_success_rate") for r in reps]
+            pre = [p for p in pre if p is not None]
+            hack = sum(r["hacking_monitor"]["episodes"] for r in reps), sum(r["hacking_monitor"]["of"] for r in reps)
+            lines.append(
+                f"| {task} | {demos} | {reward} | {len(cs)} | {fmt(float(np.mean(pre)) if pre else None)} | "
+                f"{np.mean([r['final_success_rate'] for r in reps]):.2f} | "
+                f"{', '.join('-' if episodes_to(r) is None else str(episodes_to(r)) for r in reps)} | "
+                f"{hack[0]}/{hack[1]} | {', '.join(str(c['episodes']) for c in cs)} |")
+        lines += ["", "Mean final success over the tasks run (each task's seeds averaged first):", "",
+                  "| demos | " + " | ".join(REWARDS) + " |", "|---|" + "---|" * len(REWARDS)]
+        for demos in sorted({c["demos"] for c in cells if c["learner"] == learner}):
+            row = []
+            for reward in REWARDS:
+                per_task = [np.mean([c["report"]["final_success_rate"] for c in cs])
+                            for (ln, t, d, rw), cs in groups.items() if ln == learner and d == demos and rw == reward]
+                row.append(f"{np.mean(per_task):.2f} ({len(per_task)} tasks)" if per_task else "-")
+            lines.append(f"| {demos} | " + " | ".join(row) + " |")
+        lines.append("")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text("\n".join(lines) + "\n")
+    out.with_suffix(".json").write_text(json.dumps(
+        [{k: v for k, v in c.items() if k != "report"} | {
+            "final_success_rate": c["report"]["final_success_rate"], "to_90": episodes_to(c["report"]),
+            "after_pretraining": c["report"].get("after_pretraining_success_rate"),
+            "evals": [[e["episode"], e["success_rate"]] for e in c["report"]["evals"]],
+            "hacking": c["report"]["hacking_monitor"], "wall_time_s": c["report"]["wall_time_s"]} for c in cells],
+        indent=1))
+    plot(groups, out.with_suffix(".png"))
+
+
+def plot(groups: dict, path: Path) -> None:
+    """Mean final success against the number of demonstrations, one line per reward (defaults only)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    fig, ax = plt.subplots(figsize=(5, 3.4))
+    for reward in REWARDS:
+        pts = []
+        for demos in DEMOS:
+            per_task = [np.mean([c["report"]["final_success_rate"] for c in cs])
+                        for (ln, t, d, rw), cs in groups.items() if not ln and d == demos and rw == reward]
+            if per_task:
+                pts.append((demos, float(np.mean(per_task))))
+        if pts:
+            ax.plot(*zip(*pts), marker="o", label=reward)
+    ax.set(xlabel="demonstrations", ylabel="mean final success", ylim=(-0.05, 1.05), xticks=DEMOS)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tasks", nargs="+", default=TASKS)
+    parser.add_argument("--demos", nargs="+", type=int, default=DEMOS)
+    parser.add_argument("--rewards", nargs="+", choices=list(REWARDS), default=list(REWARDS))
+    parser.add_argument("--seeds", nargs="+", type=int, default=SEEDS)
+    parser.add_argument("--runs", nargs="+", default=[str(ROOT / "runs" / "reward_decides")],
+                        help="where cells run (the first) and the folders tabulated (all)")
+    parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "reward_decides.md"))
+    parser.add_argument("--table-only", action="store_true")
+    parser.add_argument("extra", nargs="*", help="stepwise-train overrides for every cell (its learner settings)")
+    args = parser.parse_args()
+    dirs = [Path(d) for d in args.runs]
+    out = Path(args.out)
+    if not args.table_only:  # the cheapest question first: does the reward decide with few demonstrations?
+        for demos in args.demos:
+            for seed in args.seeds:
+                for task in args.tasks:
+                    for reward in args.rewards:
+                        run_cell(dirs[0], task, reward, demos, seed, args.extra)
+                        write_table(load_cells(dirs), out)
+    cells = load_cells(dirs)
+    if cells:
+        write_table(cells, out)
+        print(out.read_text())
+    else:
+        print(f"no finished runs under {[str(d) for d in dirs]}")
+
+
+if __name__ == "__main__":
+    main()
