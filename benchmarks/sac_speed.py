@@ -44,6 +44,8 @@ class Contender:
     layer_norm: bool
     precision: str
     step: Callable[[], int]
+    conservative: str = "-"
+    """the Cal-QL term's rows ('-': none)"""
     """does some updates (sampling included), returns how many"""
 
 
@@ -60,20 +62,30 @@ def random_transitions(seed: int = 0) -> dict[str, np.ndarray]:
 
 
 def ours(data: dict[str, np.ndarray], width: int, critics: int, subsample: int | None, utd: int,
-         layer_norm: bool = True, precision: str = "fp32") -> Contender:
-    """`SAC.update` on batches of utd * 256 rows drawn by `ReplayBuffer.sample`."""
+         layer_norm: bool = True, precision: str = "fp32", cql_rows: int | None | str = "-") -> Contender:
+    """`SAC.update` on batches of utd * 256 rows drawn by `ReplayBuffer.sample`. With ``cql_rows`` (an
+    int, or None for every row): stepwise-train's online learner, with Cal-QL's conservative term on
+    that many rows, the TD3+BC term on half the rows, relative state features, no entropy backup."""
     buf = ReplayBuffer(OBS_DIM, ACT_DIM, BUFFER)
-    buf.add_batch(data["obs"], data["action"], data["reward"], data["next_obs"], data["terminated"])
+    buf.add_batch(data["obs"], data["action"], data["reward"], data["next_obs"], data["terminated"],
+                  np.zeros(BUFFER, np.float32))
+    learner = {} if cql_rows == "-" else dict(cql_alpha=1.0, cql_rows=cql_rows, bc_weight=0.5, backup_entropy=False,
+                                               state_features="relative")
     cfg = SACConfig(hidden_sizes=(width, width), num_critics=critics, critic_subsample=subsample, utd_ratio=utd,
-                    batch_size=BATCH, layer_norm=layer_norm, device="cpu", precision=precision)
+                    batch_size=BATCH, layer_norm=layer_norm, device="cpu", precision=precision, **learner)
     agent, rng = SAC(OBS_DIM, ACT_DIM, cfg), np.random.default_rng(0)
+    demo = (torch.arange(utd * BATCH) % 2 == 0).float()  # the offline half of a mixed batch
 
     def step() -> int:
-        agent.update(buf.sample(utd * BATCH, rng))
+        batch = buf.sample(utd * BATCH, rng)
+        if learner:
+            batch["demo"] = demo
+        agent.update(batch)
         return 1
 
     label = f"{critics}" if subsample is None else f"{critics}, target min of {subsample}"
-    return Contender("ours", label, width, utd, layer_norm, precision, step)
+    term = "-" if cql_rows == "-" else f"{BATCH if cql_rows is None else cql_rows} rows"
+    return Contender("ours", label, width, utd, layer_norm, precision, step, term)
 
 
 def theirs(data: dict[str, np.ndarray], width: int) -> Contender:
@@ -167,6 +179,8 @@ def main() -> None:
         ours(data, 256, 2, None, 1, layer_norm=False),  # SB3's architecture exactly
         ours(data, 256, 2, None, 1, precision="bf16"),
         ours(data, 256, 2, None, 1, layer_norm=False, precision="bf16"),
+        ours(data, 256, 2, None, 1, cql_rows=None),  # stepwise-train online, the conservative term on every row
+        ours(data, 256, 2, None, 1, cql_rows=64),  # ... on a quarter of the rows (online.cql_rows=64)
         ours(data, 256, 2, None, 2),
         ours(data, 256, 10, 2, 1),
         theirs(data, 512),
@@ -194,16 +208,19 @@ def main() -> None:
 
     sb3 = {(threads, c.width): statistics.median(rates[threads, i])
            for threads in args.threads for i, c in enumerate(contenders) if c.agent == "SB3"}
+    floor_rate = {w: gemm[torch.float32, w] / f for w, f in flops.items()}  # fp32 updates/s at the floor
     rows = []
     for threads in args.threads:
         for i, c in enumerate(contenders):
             runs = rates[threads, i]
             rate = statistics.median(runs)
             ratio = rate / sb3[threads, c.width]
+            of_floor = f"{rate / floor_rate[c.width]:.0%}" if threads == 1 and c.width in floor_rate else "-"
             rows.append(
-                f"| {c.agent} | {c.critics} | {c.width}x{c.width} | {'yes' if c.layer_norm else 'no'} | {c.precision} | {c.utd} "
-                f"| {threads} | {section_load[threads]:.1f} | {rounded(rate)} ({rounded(min(runs))}-{rounded(max(runs))}) "
-                f"| {rounded(rate * c.utd)} | {ratio:.2f}x |"
+                f"| {c.agent} | {c.critics} | {c.width}x{c.width} | {'yes' if c.layer_norm else 'no'} | {c.precision} "
+                f"| {c.conservative} | {c.utd} | {threads} | {section_load[threads]:.1f} "
+                f"| {rounded(rate)} ({rounded(min(runs))}-{rounded(max(runs))}) "
+                f"| {rounded(rate * c.utd)} | {ratio:.2f}x | {of_floor} |"
             )
     header = (
         f"# SAC update throughput (CPU)\n\n"
@@ -221,9 +238,12 @@ def main() -> None:
         f"'load' is the 1-minute load average as that thread count's loops began (after the first thread count "
         f"it includes about 1 from this benchmark itself): where threads + the others' load exceed "
         f"the {os.cpu_count()} cores, other processes hold cores this run's threads wait on, and the rates "
-        f"measure that contention more than the agents.\n\n"
-        "| agent | critics | width | LayerNorm | precision | utd | threads | load | updates/s | critic steps/s | vs SB3 |\n"
-        "|---|---|---|---|---|---|---|---|---|---|---|\n"
+        f"measure that contention more than the agents. 'Cal-QL term' rows are stepwise-train's online learner "
+        f"(conservative term with 4 actions from each of 3 sources on that many rows of the batch, the TD3+BC term, "
+        f"relative state features; `online.cql_rows`); the others are plain SAC. 'of floor': updates/s over the "
+        f"float32 compute floor below (1 thread).\n\n"
+        "| agent | critics | width | LayerNorm | precision | Cal-QL term | utd | threads | load | updates/s | critic steps/s | vs SB3 | of floor |\n"
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|\n"
     )
     floor_rows = []
     for width, f in flops.items():

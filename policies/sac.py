@@ -265,7 +265,7 @@ class EnsembleLayerNorm(nn.Module):
         self.bias = nn.Parameter(torch.zeros(ensemble, 1, dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.layer_norm(x, x.shape[-1:]) * self.weight + self.bias
+        return torch.addcmul(self.bias, F.layer_norm(x, x.shape[-1:]), self.weight)  # one kernel for the affine
 
 
 class CriticEnsemble(nn.Module):
@@ -290,7 +290,7 @@ class CriticEnsemble(nn.Module):
         """obs (B, S), action (B, A) -> Q (E, B)."""
         x = torch.cat([self.features(obs), action], dim=-1).unsqueeze(0).expand(self.ensemble, -1, -1)
         for layer, norm in zip(self.layers, self.norms):
-            x = F.relu(norm(layer(x)))
+            x = F.relu(norm(layer(x)), inplace=True)  # in place: the affine's backward never reads its output
         return self.head(x).squeeze(-1)
 
 
@@ -357,7 +357,9 @@ class SAC:
                 v_next = v_next - self.log_alpha.exp() * next_logp
             if self.proposal is not None:  # IBRL: bootstrap from the better of the RL and the BC action
                 q_bc = self.critic_target(next_obs, self.proposal(next_obs)[0].tanh())[idx].min(dim=0).values
-                v_next = torch.where(q_bc > q_next[idx].min(dim=0).values, q_bc, v_next)
+                take_bc = q_bc > q_next[idx].min(dim=0).values
+                self.proposal_share = take_bc.float().mean()  # logged by critic_step
+                v_next = torch.where(take_bc, q_bc, v_next)
             discount = self.cfg.gamma if horizon is None else self.cfg.gamma ** horizon
             return reward + discount * (1.0 - terminated) * v_next
 
@@ -440,10 +442,12 @@ class SAC:
         self.critic_opt.zero_grad(set_to_none=True)
         critic_loss.backward()
         self.critic_opt.step()
-        with torch.no_grad():  # Polyak averaging of the target critics
-            for p_t, p in zip(self.critic_target.parameters(), self.critic.parameters()):
-                p_t.lerp_(p, cfg.tau)
-        return obs.detach(), {"critic_loss": critic_loss.item(), "q_mean": q.mean().item(), "cql_loss": cql_loss.item()}
+        with torch.no_grad():  # Polyak averaging of the target critics, one kernel per parameter list
+            torch._foreach_lerp_(list(self.critic_target.parameters()), list(self.critic.parameters()), cfg.tau)
+        info = {"critic_loss": critic_loss.item(), "q_mean": q.mean().item(), "cql_loss": cql_loss.item()}
+        if self.proposal is not None:  # the share of target rows bootstrapped from the BC action
+            info["proposal_share"] = float(self.proposal_share)
+        return obs.detach(), info
 
     def actor_step(self, features: torch.Tensor, mb: Mapping) -> dict[str, float]:
         """Actor: maximise mean_e Q_e(s, pi(s)) - alpha log pi, plus BC on demo rows; then the temperature.
