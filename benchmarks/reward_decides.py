@@ -39,7 +39,7 @@ REWARDS = {  # label -> stepwise-train overrides
     "oracle": ["reward.shaping=oracle"],
     "dense": ["reward.source=sim_dense", "reward.shaping=none"],
 }
-GRID_KEYS = ("task", "seed", "demos", "online.episodes", "reward", "threads", "offline_threads", "resume", "hydra")
+GRID_KEYS = ("task", "experiment", "seed", "demos", "online.episodes", "reward", "threads", "offline_threads", "resume", "hydra")  # experiment=: the per-task presets set only the task
 
 
 def cell_dir(runs: Path, task: str, reward: str, demos: int, seed: int) -> Path:
@@ -76,21 +76,57 @@ def reward_label(config: dict) -> str:
     return f"vlm+{name}" if r["source"] == "success_prob" else name
 
 
-def learner_label(overrides: list[str]) -> str:
-    """The overrides of a run beyond the grid's keys (its learner settings); '' for the defaults."""
+# Learner settings named by their resolved value in each run's .hydra/config.yaml, against today's
+# defaults, so a run keeps its label when a default changes; the value is what the code did before a
+# key existed (a run older than the key).
+LEARNER_KEYS = {"agent.n_step": 1, "agent.proposal": False, "agent.cql_rows": None, "agent.utd_ratio": 1,
+                "agent.bc_weight": 0.5, "online.cql_rows": None, "online.cql_alpha": 1.0, "online.bc_final": 1.0,
+                "online.bc_anneal_episodes": 150, "online.imitate_successes": False, "online.offline_fraction": 0.5,
+                "refresh.every": 0, "pretrain.bc_steps": 3000, "pretrain.steps": 1000}
+
+
+def _get(config: dict, key: str, absent):
+    node = config
+    for part in key.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return absent
+        node = node[part]
+    return node
+
+
+def current_defaults() -> dict:
+    """Today's value of every learner key: configs/train.yaml, then configs/agent/sac.yaml for agent.*."""
+    import yaml
+
+    train = yaml.safe_load((ROOT / "configs" / "train.yaml").read_text())
+    agent = yaml.safe_load((ROOT / "configs" / "agent" / "sac.yaml").read_text())
+    merged = {**train, "agent": {**agent, **(train.get("agent") or {})}}
+    return {k: _get(merged, k, absent) for k, absent in LEARNER_KEYS.items()}
+
+
+def learner_label(config: dict, overrides: list[str], defaults: dict | None = None) -> str:
+    """A run's learner settings that differ from today's defaults ('' for the defaults): the resolved
+    LEARNER_KEYS, plus any other override beyond the grid's keys."""
+    defaults = current_defaults() if defaults is None else defaults
     own = set()
     for rw in REWARDS.values():
         own.update(rw)
+    named = [f"{k}={_fmt(v)}" for k, absent in LEARNER_KEYS.items() if (v := _get(config, k, absent)) != defaults[k]]
     rest = [o for o in overrides if o not in own and o.split("=")[0].lstrip("+~") not in GRID_KEYS
+            and o.split("=")[0].lstrip("+~") not in LEARNER_KEYS
             and not o.split("=")[0].startswith(("hydra.", "reward."))]
-    return " ".join(sorted(rest))
+    return " ".join(sorted(named + rest))
+
+
+def _fmt(v) -> str:
+    return "null" if v is None else str(v).lower() if isinstance(v, bool) else str(v)
 
 
 def load_cells(dirs: list[Path]) -> list[dict]:
     """Every finished run under ``dirs``: its cell keys and its report."""
     import yaml
 
-    cells = []
+    cells, defaults = [], current_defaults()
     for d in dirs:
         for report in sorted(Path(d).rglob("report.json")):
             run = report.parent
@@ -101,7 +137,7 @@ def load_cells(dirs: list[Path]) -> list[dict]:
             overrides = yaml.safe_load((hydra / "overrides.yaml").read_text()) if (hydra / "overrides.yaml").exists() else []
             r = json.loads(report.read_text())
             cells.append({"task": r["task"].split("/")[-1], "demos": int(r["demos"]), "seed": int(r["seed"]),
-                          "reward": reward_label(config), "learner": learner_label(overrides or []),
+                          "reward": reward_label(config), "learner": learner_label(config, overrides or [], defaults),
                           "episodes": int(r["online_episodes"]), "run": str(run), "report": r})
     return cells
 
@@ -134,7 +170,7 @@ def write_table(cells: list[dict], out: Path) -> None:
         "`oracle` + a privileged simulator potential; `dense` Meta-World's hand-written reward.", "",
     ]
     for learner in sorted({c["learner"] for c in cells}):
-        title = "the benchmark's learner (the defaults)" if not learner else f"learner overrides `{learner}`"
+        title = "the benchmark's learner (today's defaults)" if not learner else f"learner settings beside today's defaults `{learner}`"
         lines += [f"## Cells, {title}", "",
                   "| task | demos | reward | seeds | pre | final | to 90% (per seed) | hacking eps | episodes |",
                   "|---|---|---|---|---|---|---|---|---|"]

@@ -231,9 +231,8 @@ def check_config(cfg):
     if cfg.online.cql_rows is not None and cfg.online.cql_rows < 1:
         raise TrainConfigError(f"online.cql_rows={cfg.online.cql_rows}: the conservative term needs >= 1 row "
                                "(null: every row of the batch)")
-    if cfg.agent.n_step > 1 and cfg.policy != "state":
-        raise TrainConfigError(f"agent.n_step={cfg.agent.n_step} works with policy=state only (the image replay "
-                               "stores one-step rows): set agent.n_step=1 for policy=image")
+    if cfg.agent.n_step < 1:
+        raise TrainConfigError(f"agent.n_step={cfg.agent.n_step}: n-step returns need n >= 1 (1: one-step TD)")
     if cfg.agent.proposal and cfg.policy != "state":
         raise TrainConfigError("agent.proposal=true (IBRL's frozen BC actor) works with policy=state only: the image "
                                "policy's encoder keeps learning, so a frozen copy of its actor goes stale; set it false")
@@ -296,6 +295,7 @@ def image_agent_config(cfg):
     fields["encoder_strides"] = tuple(fields["encoder_strides"])
     fields["device"] = cfg.device
     fields["state_features"] = "raw"  # actor and critics read pixel features here, not Meta-World's state
+    fields["n_step"] = 1  # the image replay stores one-step rows; agent.n_step applies to policy=state
     try:
         return ImageSACConfig(**fields)
     except (TypeError, ValueError) as err:

@@ -442,8 +442,9 @@ class SAC:
         self.critic_opt.zero_grad(set_to_none=True)
         critic_loss.backward()
         self.critic_opt.step()
-        with torch.no_grad():  # Polyak averaging of the target critics, one kernel per parameter list
-            torch._foreach_lerp_(list(self.critic_target.parameters()), list(self.critic.parameters()), cfg.tau)
+        with torch.no_grad():  # Polyak averaging of the target critics (the ensemble: a few stacked tensors)
+            for target, online in zip(self.critic_target.parameters(), self.critic.parameters()):
+                target.lerp_(online, cfg.tau)
         info = {"critic_loss": critic_loss.item(), "q_mean": q.mean().item(), "cql_loss": cql_loss.item()}
         if self.proposal is not None:  # the share of target rows bootstrapped from the BC action
             info["proposal_share"] = float(self.proposal_share)

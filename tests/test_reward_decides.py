@@ -1,0 +1,44 @@
+"""The learning benchmark's table comes from run folders alone (report.json + .hydra), wherever they ran."""
+
+import json
+import sys
+from pathlib import Path
+
+import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+import reward_decides as rd  # noqa: E402
+
+
+def _run(root: Path, name: str, config: dict, overrides: list[str], final: float, evals: list[float]) -> Path:
+    run = root / name
+    (run / ".hydra").mkdir(parents=True)
+    (run / ".hydra" / "config.yaml").write_text(yaml.safe_dump(config))
+    (run / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(overrides))
+    report = {"task": config["task"], "demos": config["demos"], "seed": config["seed"], "final_success_rate": final,
+              "online_episodes": 10 * (len(evals) - 1), "wall_time_s": 1.0,
+              "evals": [{"episode": 10 * i, "success_rate": s} for i, s in enumerate(evals)],
+              "hacking_monitor": {"episodes": 1, "of": 10 * (len(evals) - 1)},
+              "after_pretraining_success_rate": evals[0]}
+    (run / "report.json").write_text(json.dumps(report))
+    return run
+
+
+def test_cells_are_named_by_their_resolved_config_and_tabulated(tmp_path):
+    defaults = rd.current_defaults()
+    base = {"task": "metaworld/push", "demos": 5, "seed": 0, "reward": {"source": "sparse", "shaping": "oracle"},
+            "agent": {"n_step": defaults["agent.n_step"]}, "online": {"cql_rows": defaults["online.cql_rows"]}}
+    _run(tmp_path / "a", "today", base, ["experiment=push", "seed=0"], 0.9, [0.4, 0.8, 0.9])
+    # a run older than agent.n_step (no such key in its config) ran one-step returns
+    old = {**base, "seed": 1, "demos": 2, "agent": {}}
+    _run(tmp_path / "b", "old", old, ["seed=1", "online.episodes=20"], 0.5, [0.4, 0.5, 0.5])
+    cells = {c["seed"]: c for c in rd.load_cells([tmp_path / "a", tmp_path / "b"])}
+    assert cells[0]["learner"] == "" and cells[0]["reward"] == "oracle"
+    assert cells[1]["learner"] == ("agent.n_step=1" if defaults["agent.n_step"] != 1 else "")
+    assert rd.episodes_to(cells[0]["report"]) == 20 and rd.episodes_to(cells[1]["report"]) is None
+
+    out = tmp_path / "table.md"
+    rd.write_table(list(cells.values()), out)
+    table = out.read_text()
+    assert "| push | 5 | oracle | 1 | 0.40 | 0.90 | 20 | 1/20 | 20 |" in table
+    assert json.loads(out.with_suffix(".json").read_text())[0]["final_success_rate"] in (0.9, 0.5)
