@@ -156,6 +156,9 @@ def write_table(cells: list[dict], out: Path) -> None:
     for c in cells:
         groups.setdefault((c["learner"], c["task"], c["demos"], c["reward"]), []).append(c)
     fmt = lambda v: "-" if v is None else f"{v:.2f}"  # noqa: E731
+    grid_total = len(TASKS) * len(DEMOS) * len(REWARDS) * len(SEEDS)
+    grid_done = {(c["task"], c["demos"], c["reward"], c["seed"]) for c in cells if not c["learner"] and
+                 c["task"] in TASKS and c["demos"] in DEMOS and c["seed"] in SEEDS and c["episodes"] == EPISODES}
     lines = [
         "# The benchmark where the reward decides", "",
         f"Written {time.strftime('%Y-%m-%d %H:%M')} by `benchmarks/reward_decides.py` from {len(cells)} finished runs "
@@ -168,6 +171,9 @@ def write_table(cells: list[dict], out: Path) -> None:
         "the adapted step-PRM's progress as potential; `perceptual_tcn` + the perceptual reward fitted on one "
         "demonstration; `vlm+step_prm` the VLM classifier's P(done) as the success signal + the step-PRM potential; "
         "`oracle` + a privileged simulator potential; `dense` Meta-World's hand-written reward.", "",
+        f"Grid cells finished with today's learner: {len(grid_done)} of {grid_total} ({len(TASKS)} tasks x "
+        f"{len(DEMOS)} demonstration counts x {len(REWARDS)} rewards x {len(SEEDS)} seeds, {EPISODES} episodes); "
+        "the other rows are runs with other settings, tasks or lengths, kept apart.", "",
     ]
     for learner in sorted({c["learner"] for c in cells}):
         title = "the benchmark's learner (today's defaults)" if not learner else f"learner settings beside today's defaults `{learner}`"
