@@ -5,6 +5,11 @@ and the watchdog on the robot side. Each request waits at most ``timeout_ms`` (`
 slow, ``reset_timeout_ms``): a lost server raises :class:`RobotLinkError` naming the address, never
 hangs. Replies are matched to requests by sequence number, so a late reply to a timed-out request
 is dropped, not mistaken for the answer to the next one.
+
+A server with CurveZMQ on (``keys=...``, required beyond loopback) needs ``server_key`` (its public
+``server.key``) and ``client_key`` (this client's ``.key_secret``, whose public half is in the
+server's allow-list); a refused key or a missing one fails the handshake, which this client reports
+at once with the fix instead of waiting out the timeout.
 """
 
 from __future__ import annotations
@@ -35,6 +40,10 @@ class RemoteRobot:
         timeout_ms: the longest wait for an answer (a lost server raises after it).
         reset_timeout_ms: the same for ``reset`` (homing on hardware takes seconds).
         task: the task this client expects; a server set up for another task is refused.
+        server_key: the server's public key file (``server.key``): CurveZMQ on.
+        client_key: this client's secret key file (``<name>.key_secret``, mode 0600), admitted by the
+            server's allow-list.
+        max_reply_bytes: the largest reply frame accepted (an image is H*W*3 bytes).
     """
 
     def __init__(
@@ -45,17 +54,31 @@ class RemoteRobot:
         timeout_ms: float = 2000.0,
         reset_timeout_ms: float = 60000.0,
         task: str | None = None,
+        server_key: str | None = None,
+        client_key: str | None = None,
+        max_reply_bytes: int = 256 * 2**20,
     ) -> None:
         if not 0 < int(port) < 65536:
             raise ValueError(f"port must be in 1..65535, got {port}")
         if timeout_ms <= 0 or reset_timeout_ms <= 0:
             raise ValueError("timeout_ms and reset_timeout_ms must be positive")
+        if (server_key is None) != (client_key is None):
+            raise ValueError("CurveZMQ needs both robot.server_key (the server's server.key) and robot.client_key "
+                             "(this client's .key_secret): pass both, or neither for a plain loopback server")
+        self.curve = None
+        if server_key is not None:
+            from real.keys import load_public, load_secret
+
+            self.curve = (load_public(server_key), *load_secret(client_key))
+        self.client_key = client_key
+        self.max_reply_bytes = int(max_reply_bytes)
         self.host, self.port, self.token = host, int(port), token
         self.timeout_ms, self.reset_timeout_ms = float(timeout_ms), float(reset_timeout_ms)
         self.expected_task = task
         self.address = f"tcp://{host}:{self.port}"
         self._seq = itertools.count(1)
         self._sock = None
+        self._monitor = None
         self._hello: dict[str, Any] | None = None
         self._obs: Observation | None = None  # from the last act/reset, handed out once by observe()
         self._signals: dict[str, float] | None = None
@@ -68,7 +91,44 @@ class RemoteRobot:
 
         self._sock = zmq.Context.instance().socket(zmq.DEALER)
         self._sock.setsockopt(zmq.LINGER, 0)
+        self._sock.setsockopt(zmq.MAXMSGSIZE, self.max_reply_bytes)
+        if self.curve is not None:
+            server_public, public, secret = self.curve
+            self._sock.curve_serverkey, self._sock.curve_publickey, self._sock.curve_secretkey = server_public, public, secret
+        self._monitor = self._sock.get_monitor_socket(
+            zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL)
         self._sock.connect(self.address)
+
+    def _drop(self) -> None:
+        """Close the socket (dropping queued requests and late replies with it) and its monitor."""
+        if self._sock is not None:
+            try:
+                self._sock.disable_monitor()
+            except Exception:  # noqa: BLE001 - closing anyway
+                pass
+            self._monitor.close(0)
+            self._sock.close(0)
+        self._sock = self._monitor = None
+
+    def _handshake_error(self) -> RobotLinkError | None:
+        """The link error a failed handshake reported (None when none did)."""
+        import zmq
+        from zmq.utils.monitor import recv_monitor_message
+
+        try:
+            event = recv_monitor_message(self._monitor, zmq.NOBLOCK)
+        except zmq.Again:
+            return None
+        if event["event"] == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
+            why = (f"it refused this client's key ({self.client_key}): add the matching .key to the server's allowed/ "
+                   "directory (stepwise-robot-server keys add-client) and restart it")
+        elif self.curve is None:
+            why = ("it asks for CurveZMQ keys: pass robot.server_key=<the server's server.key> and "
+                   "robot.client_key=<this client's .key_secret>")
+        else:
+            why = ("the keys do not match: robot.server_key must be this server's server.key, or the server is plain "
+                   "(serve with keys=<dir>, or drop the keys here)")
+        return RobotLinkError(f"handshake with the robot server {self.address} failed: {why}")
 
     def _call(self, op: str, timeout_ms: float | None = None, **args: Any) -> tuple[dict, Observation | None]:
         import zmq
@@ -79,11 +139,20 @@ class RemoteRobot:
         self._sock.send_multipart(protocol.encode({"v": protocol.VERSION, "op": op, "seq": seq, "token": self.token, **args}))
         wait = self.timeout_ms if timeout_ms is None else timeout_ms
         deadline = _now_ms() + wait
+        poller = zmq.Poller()
+        poller.register(self._sock, zmq.POLLIN)
+        poller.register(self._monitor, zmq.POLLIN)
         while True:
             left = deadline - _now_ms()
-            if left <= 0 or not self._sock.poll(left, zmq.POLLIN):
-                self._sock.close()  # drop queued requests and late replies with the socket
-                self._sock = None
+            ready = dict(poller.poll(left)) if left > 0 else {}
+            if self._monitor in ready:
+                err = self._handshake_error()
+                if err is not None:
+                    self._drop()
+                    raise err
+                continue
+            if self._sock not in ready:
+                self._drop()
                 raise RobotLinkError(
                     f"robot server {self.address} did not answer {op!r} within {wait:.0f} ms: is "
                     "`stepwise-robot-server` running there and reachable? (the server's watchdog stops "
@@ -221,9 +290,7 @@ class RemoteRobot:
                 self._call("stop", timeout_ms=500, reason="client closed")
             except (RobotLinkError, RuntimeError):
                 pass
-            if self._sock is not None:
-                self._sock.close()
-                self._sock = None
+            self._drop()
 
 
 class RemoteSimRobot(RemoteRobot):
@@ -244,7 +311,7 @@ def remote_robot(**kwargs: Any) -> RemoteRobot:
     probe.connect()
     robot = RemoteSimRobot(**kwargs) if probe.server_info.get("ground_truth") else probe
     if robot is not probe:
-        robot._sock, robot._hello, robot._seq = probe._sock, probe._hello, probe._seq
+        robot._sock, robot._monitor, robot._hello, robot._seq = probe._sock, probe._monitor, probe._hello, probe._seq
     return robot
 
 

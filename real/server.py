@@ -1,8 +1,9 @@
 """`stepwise-robot-server`: serve any `Robot` driver over a zmq socket, behind the safety layer and a
 watchdog.
 
-    stepwise-robot-server robot=sim task=metaworld/drawer-open        # 127.0.0.1:5555
-    stepwise-robot-server robot=ur robot.host=192.168.1.10 token=s3cret
+    stepwise-robot-server robot=sim task=metaworld/drawer-open        # 127.0.0.1:5555, plain (loopback)
+    stepwise-robot-server keys init --dir keys --client laptop        # CurveZMQ keys (real.keys)
+    stepwise-robot-server robot=ur robot.host=192.168.1.10 host=0.0.0.0 allow_remote=true keys=keys
 
 One thread owns the robot (a simulator's GL context and most vendor SDKs are bound to the thread
 that opened them) and answers requests in order (see ``real.protocol``). Commands that queued up
@@ -10,10 +11,19 @@ while the robot was busy are not replayed: only the newest ``act`` runs, older o
 ``superseded``. Every command passes :class:`real.safety.SafeRobot` here, on the robot side, so no
 client can send an unfiltered command.
 
-Watchdog: while armed, a gap of more than ``watchdog_ms`` between commands makes the server call
-the driver's ``stop()`` (hold position) and disarm; ``act`` is refused with code ``disarmed`` until a
-client re-arms explicitly (``arm``, or a ``reset`` with ``arm``). A lost client therefore stops the
-robot within ``watchdog_ms`` plus one poll.
+Serving beyond loopback needs ``allow_remote=true`` AND CurveZMQ keys (``keys=<dir>``): the link is
+encrypted and only clients whose public key is in ``<dir>/allowed`` get through (``real.link``); the
+shared token travels in clear text and is a loopback convenience only. Every request is bounded and
+checked against its op's schema before anything acts on it (``real.protocol.check_request``).
+
+Watchdog: it measures the link. Each valid, authenticated request feeds it when it is read (and
+again when the server has answered it: a client waiting for a slow reply is not silent); while
+armed, a gap of more than ``watchdog_ms`` makes the server call the driver's ``stop()`` (hold
+position) and disarm; ``act`` is refused with code ``disarmed`` until a client re-arms explicitly
+(``arm``, or a ``reset`` with ``arm``). A flood of commands feeds it too, so its newest command
+still runs. The default is ``watchdog_periods`` (3) control periods of the driver's
+``action_spec.control_hz``, at least ``watchdog_min_ms`` (100): 150 ms for a 20 Hz arm. A lost
+client therefore stops the robot within ``watchdog_ms`` plus one poll.
 """
 
 from __future__ import annotations
@@ -23,12 +33,15 @@ import logging
 import sys
 import threading
 import time
+from collections import deque
 from dataclasses import asdict
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from real import protocol
+from real.link import Link, bind_link
 from real.robot import GroundTruth, MultiTask, Robot
 from real.safety import SafeRobot, SafetyLimits
 
@@ -45,10 +58,16 @@ class RobotServer:
         safety: the robot's limits (every command passes them).
         host: interface to bind; anything but loopback needs ``allow_remote``.
         port: TCP port (0: a free one, see :attr:`port` after :meth:`bind`).
-        token: shared secret clients must present (``None``: none asked).
-        watchdog_ms: the longest gap between commands while armed.
-        allow_remote: permit binding to a non-loopback interface (prints a warning).
+        token: shared secret clients must present (``None``: none asked); loopback convenience: it
+            travels in clear text.
+        watchdog_ms: the longest gap between valid requests while armed (``None``: ``watchdog_periods``
+            control periods of the driver, at least ``watchdog_min_ms``).
+        allow_remote: permit binding to a non-loopback interface (needs ``keys``; prints a warning).
+        keys: a key directory made by ``stepwise-robot-server keys init`` (``real.keys``): CurveZMQ on,
+            only the public keys in ``<keys>/allowed`` admitted. Required beyond loopback.
         task / instruction: what the robot is set up for, told to clients in ``hello``.
+        max_request_bytes: the largest request (one JSON frame); larger frames disconnect the peer.
+        hwm: messages queued per peer each way before libzmq pushes back (receive) or drops (send).
     """
 
     def __init__(
@@ -58,61 +77,79 @@ class RobotServer:
         host: str = "127.0.0.1",
         port: int = 5555,
         token: str | None = None,
-        watchdog_ms: float = 200.0,
+        watchdog_ms: float | None = None,
         allow_remote: bool = False,
         task: str | None = None,
         instruction: str = "",
+        keys: str | Path | None = None,
+        watchdog_periods: float = 3.0,
+        watchdog_min_ms: float = 100.0,
+        max_request_bytes: int = 16384,
+        hwm: int = 64,
     ) -> None:
         if host not in LOOPBACK and not allow_remote:
             raise ValueError(
                 f"host={host!r} would expose the robot beyond this machine: bind 127.0.0.1, or pass "
-                "allow_remote=true (and set a token) to accept clients from the network"
+                "allow_remote=true with keys=<dir> (CurveZMQ) to accept clients from the network"
             )
-        if watchdog_ms is None or not np.isfinite(watchdog_ms) or watchdog_ms <= 0:
-            raise ValueError(f"watchdog_ms must be a positive number of milliseconds, got {watchdog_ms}")
+        if host not in LOOPBACK and keys is None:
+            raise ValueError(
+                f"host={host!r} with allow_remote=true needs CurveZMQ keys (a token and every image and command would "
+                "travel in clear text): run `stepwise-robot-server keys init --dir keys`, then pass keys=keys"
+            )
         if not 0 <= int(port) < 65536:
             raise ValueError(f"port must be in 0..65535, got {port}")
-        if host not in LOOPBACK:
-            print(
-                f"stepwise-robot-server: WARNING: binding {host}: any machine that reaches it can move "
-                f"this robot{'' if token else ' (and no token is set)'}",
-                file=sys.stderr,
-            )
+        for name, value in (("max_request_bytes", max_request_bytes), ("hwm", hwm)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
         self.robot = SafeRobot(robot, safety)
+        self.watchdog_s = self._watchdog_seconds(watchdog_ms, watchdog_periods, watchdog_min_ms)
+        if host not in LOOPBACK:
+            print(f"stepwise-robot-server: WARNING: binding {host}: every client whose key is in {Path(keys) / 'allowed'} "
+                  "can move this robot", file=sys.stderr)
         self.host, self.port = host, int(port)
-        self.token = token
-        self.watchdog_s = float(watchdog_ms) / 1000.0
+        self.token, self.keys = token, (None if keys is None else Path(keys))
+        self.max_request_bytes, self.hwm = int(max_request_bytes), int(hwm)
         self.task, self.instruction = task, instruction
         self.armed = False
         self.disarm_reason = "not armed yet: reset with arm, or send arm"
-        self.last_command: float | None = None
+        self.last_request: float | None = None  # monotonic time of the last valid, authenticated request
         self.events: list[dict[str, Any]] = []  # watchdog stops and robot errors, with monotonic times
-        self.counts = {"requests": 0, "acts": 0, "superseded": 0, "unauthorized": 0, "refused_disarmed": 0}
+        self.counts = {"requests": 0, "acts": 0, "superseded": 0, "unauthorized": 0, "refused_disarmed": 0,
+                       "bad_request": 0, "version": 0}
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._link: Link | None = None
         self._socket = None
+        self._queued_acts = 0
         self._ready = threading.Event()
         self._error: BaseException | None = None
 
+    def _watchdog_seconds(self, watchdog_ms, periods, min_ms) -> float:
+        """``watchdog_ms`` checked, or ``periods`` control periods of the driver (at least ``min_ms``)."""
+        if watchdog_ms is None:
+            for name, value in (("watchdog_periods", periods), ("watchdog_min_ms", min_ms)):
+                if not isinstance(value, (int, float)) or not np.isfinite(value) or value <= 0:
+                    raise ValueError(f"{name} must be a positive number, got {value!r}")
+            hz = self.robot.action_spec.control_hz
+            if not hz:
+                raise ValueError("the driver reports no action_spec.control_hz to derive the watchdog from: pass watchdog_ms=...")
+            watchdog_ms = max(float(min_ms), 1000.0 * float(periods) / float(hz))
+        if isinstance(watchdog_ms, bool) or not isinstance(watchdog_ms, (int, float)) or not np.isfinite(watchdog_ms) or watchdog_ms <= 0:
+            raise ValueError(f"watchdog_ms must be a positive number of milliseconds, got {watchdog_ms}")
+        return float(watchdog_ms) / 1000.0
+
+    @property
+    def handshakes(self) -> dict[str, int]:
+        """Failed handshakes and refused client keys on this server's socket (CURVE)."""
+        link = self._link
+        return {"failed": link.handshake_failed, "denied_keys": link.denied} if link else {"failed": 0, "denied_keys": 0}
+
     # -- lifecycle -------------------------------------------------------------------------
     def bind(self) -> int:
-        """Create and bind the socket; returns the port."""
-        import zmq
-
-        sock = zmq.Context.instance().socket(zmq.ROUTER)
-        sock.setsockopt(zmq.LINGER, 0)
-        addr = f"tcp://{'[::1]' if self.host == '::1' else self.host}"
-        if self.host == "::1":
-            sock.setsockopt(zmq.IPV6, 1)
-        try:
-            if self.port == 0:
-                self.port = sock.bind_to_random_port(addr)
-            else:
-                sock.bind(f"{addr}:{self.port}")
-        except zmq.ZMQError as err:
-            sock.close()
-            raise OSError(f"cannot bind {addr}:{self.port} ({err}): is another server on that port? pick port=...") from None
-        self._socket = sock
+        """Create and bind the socket (CURVE when ``keys`` is set, bounded input); returns the port."""
+        self._link, self.port = bind_link(self.host, self.port, self.keys, self.max_request_bytes, self.hwm)
+        self._socket = self._link.socket
         return self.port
 
     def start(self) -> "RobotServer":
@@ -148,34 +185,46 @@ class RobotServer:
         except BaseException as err:  # noqa: BLE001 - reported to start() and re-raised
             self._error = err
             self._ready.set()
-            self._socket.close()
+            self._close_link()
             raise
         self._ready.set()
         poller = zmq.Poller()
         poller.register(self._socket, zmq.POLLIN)
+        poller.register(self._link.monitor, zmq.POLLIN)
         try:
             while not self._stop.is_set():
                 timeout_ms = 50.0
-                if self.armed and self.last_command is not None:
-                    left = self.last_command + self.watchdog_s - time.monotonic()
+                if self.armed and self.last_request is not None:
+                    left = self.last_request + self.watchdog_s - time.monotonic()
                     timeout_ms = max(0.0, min(timeout_ms, left * 1000.0))
-                if poller.poll(timeout_ms):
+                ready = dict(poller.poll(timeout_ms))
+                if self._link.monitor in ready:
+                    self._link.read_monitor()
+                if self._socket in ready:
                     self._handle_pending()
                 self._check_watchdog()
         finally:
             try:
                 self.robot.close()
             finally:
-                self._socket.close()
-                self._socket = None
+                self._close_link()
+
+    def _close_link(self) -> None:
+        if self._link is not None:
+            self._link.close()
+        self._link = self._socket = None
 
     # -- requests ----------------------------------------------------------------------------
+    def _feed(self) -> None:
+        """A valid, authenticated request was read or answered: the link is alive."""
+        self.last_request = time.monotonic()
+
     def _check_watchdog(self) -> None:
-        if not self.armed or self.last_command is None:
+        if not self.armed or self.last_request is None:
             return
-        gap = time.monotonic() - self.last_command
+        gap = time.monotonic() - self.last_request
         if gap > self.watchdog_s:
-            self._halt(f"watchdog: no command for {gap * 1000:.0f} ms (limit {self.watchdog_s * 1000:.0f} ms)")
+            self._halt(f"watchdog: no valid request for {gap * 1000:.0f} ms (limit {self.watchdog_s * 1000:.0f} ms)")
 
     def _halt(self, reason: str) -> None:
         """Stop the robot and disarm; recorded in :attr:`events`."""
@@ -187,7 +236,7 @@ class RobotServer:
             self.robot.close()
         self.armed = False
         self.disarm_reason = reason
-        self.events.append({"event": "stop", "reason": reason, "t": t, "last_command": self.last_command})
+        self.events.append({"event": "stop", "reason": reason, "t": t, "last_request": self.last_request})
         log.warning("robot stopped: %s; a client must re-arm", reason)
 
     def _handle_pending(self) -> None:
@@ -195,35 +244,75 @@ class RobotServer:
 
         The queue is read again before each act, so acts that arrived while an earlier request (a
         slow homing, say) kept the robot busy supersede it even when they came in a later read.
+        Reading feeds the watchdog with each valid request; it is checked between requests, so a
+        flood of refused requests cannot hold it off.
         """
-        import zmq
-
-        queue: list[tuple[bytes, dict]] = []
-
-        def drain() -> None:
-            while True:
-                try:
-                    frames = self._socket.recv_multipart(zmq.NOBLOCK)
-                except zmq.Again:
-                    return
-                ident, body = frames[0], frames[1:]
-                try:
-                    header, _ = protocol.decode(body)
-                except ValueError as err:
-                    self._reply(ident, {"seq": None}, code="bad_request", error=str(err))
-                    continue
-                queue.append((ident, header))
-
-        drain()
+        queue: deque[tuple[bytes, dict]] = deque()
+        self._queued_acts = 0
+        self._drain(queue)
         while queue:
-            ident, header = queue.pop(0)
-            if header.get("op") == "act":
-                drain()
-                if any(h.get("op") == "act" for _, h in queue):
+            self._check_watchdog()
+            ident, header = queue.popleft()
+            if header["op"] == "act":
+                self._queued_acts -= 1
+                self._drain(queue)
+                if self._queued_acts > 0:
                     self.counts["superseded"] += 1
                     self._reply(ident, header, code="superseded", error="a newer command arrived; only the newest runs")
                     continue
             self._handle(ident, header)
+            self._feed()  # answered: the client could not have sent the next request before now
+
+    def _drain(self, queue: deque) -> None:
+        """Read every request waiting on the socket; admitted ones join ``queue``, others are answered."""
+        import zmq
+
+        while True:
+            try:
+                frames = self._socket.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            header = self._admit(frames[0], frames[1:])
+            if header is not None:
+                queue.append((frames[0], header))
+                self._queued_acts += header["op"] == "act"
+
+    def _admit(self, ident: bytes, body: list[bytes]) -> dict | None:
+        """A request that is well formed, of this protocol version, authenticated and true to its op's
+        schema (returned, and the watchdog fed); anything else is answered with its code (None)."""
+        self.counts["requests"] += 1
+        try:
+            header = protocol.decode_request(body, self.max_request_bytes)
+        except ValueError as err:
+            self.counts["bad_request"] += 1
+            self._reply(ident, {"seq": None}, "bad_request", str(err))
+            return None
+        try:
+            seq = protocol.check_seq(header)
+        except ValueError as err:
+            self.counts["bad_request"] += 1
+            self._reply(ident, {"seq": None}, "bad_request", str(err))
+            return None
+        req = {"seq": seq}
+        if header.get("v") != protocol.VERSION:
+            self.counts["version"] += 1
+            self._reply(ident, req, "version", f"protocol version {str(header.get('v'))[:20]} asked, server speaks "
+                        f"{protocol.VERSION}: update the client")
+            return None
+        token = header.get("token")
+        if self.token is not None and not (isinstance(token, str) and hmac.compare_digest(token.encode(), self.token.encode())):
+            self.counts["unauthorized"] += 1
+            log.warning("refused a request with a missing or wrong token")
+            self._reply(ident, req, "unauthorized", "missing or wrong token: pass the server's token to the client (token=...)")
+            return None
+        try:
+            header = protocol.check_request(header, self.robot.action_spec.dim)
+        except ValueError as err:
+            self.counts["bad_request"] += 1
+            self._reply(ident, req, "bad_request", str(err))
+            return None
+        self._feed()
+        return header
 
     def _reply(self, ident: bytes, req: dict, code: str = "ok", error: str = "", obs=None, **results) -> None:
         header = {"v": protocol.VERSION, "seq": req.get("seq"), "ok": code == "ok", "code": code, **results}
@@ -232,16 +321,8 @@ class RobotServer:
         self._socket.send_multipart([ident, *protocol.encode(header, obs)])
 
     def _handle(self, ident: bytes, req: dict) -> None:
-        self.counts["requests"] += 1
-        if req.get("v") != protocol.VERSION:
-            return self._reply(ident, req, "version", f"protocol version {req.get('v')} asked, server speaks {protocol.VERSION}: update the client")
-        if self.token is not None and not hmac.compare_digest(str(req.get("token") or ""), self.token):
-            self.counts["unauthorized"] += 1
-            log.warning("refused a request with a missing or wrong token")
-            return self._reply(ident, req, "unauthorized", "missing or wrong token: pass the server's token to the client (token=...)")
-        op = req.get("op")
-        if op not in protocol.OPS:
-            return self._reply(ident, req, "bad_request", f"unknown op {op!r}: one of {protocol.OPS}")
+        """Run an admitted request (see :meth:`_admit`) and answer it."""
+        op = req["op"]
         try:
             getattr(self, f"_op_{op}")(ident, req)
         except ValueError as err:
@@ -271,7 +352,7 @@ class RobotServer:
         o, a = self.robot.observation_spec, self.robot.action_spec
         self._reply(
             ident, req, **self._tasks(), ground_truth=isinstance(self.robot, GroundTruth),
-            watchdog_ms=self.watchdog_s * 1000.0, armed=self.armed,
+            watchdog_ms=self.watchdog_s * 1000.0, armed=self.armed, curve=self.keys is not None,
             safety={k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(self.robot.limits).items()},
             observation_spec={"cameras": list(o.cameras), "image_size": list(o.image_size), "proprio_dim": o.proprio_dim,
                               "state_dim": o.state_dim, "proprio_names": list(o.proprio_names)},
@@ -281,7 +362,7 @@ class RobotServer:
 
     def _op_reset(self, ident, req) -> None:
         seed = req.get("seed")
-        obs = self.robot.reset(seed=None if seed is None else int(seed))
+        obs = self.robot.reset(seed=seed)
         obs.setdefault("t_robot", time.monotonic())
         if req.get("arm"):
             self._arm()
@@ -289,7 +370,7 @@ class RobotServer:
 
     def _arm(self) -> None:
         self.armed, self.disarm_reason = True, ""
-        self.last_command = time.monotonic()
+        self._feed()
 
     def _op_arm(self, ident, req) -> None:
         self._arm()
@@ -303,29 +384,22 @@ class RobotServer:
         self._reply(ident, req, obs=self._observe(), signals=self._signals())
 
     def _op_stats(self, ident, req) -> None:
-        self._reply(ident, req, safety=self.robot.summary(), counts=self.counts, events=self.events[-20:], armed=self.armed)
+        self._reply(ident, req, safety=self.robot.summary(), counts=self.counts, events=self.events[-20:], armed=self.armed,
+                    handshakes=self.handshakes)
 
     def _op_select_task(self, ident, req) -> None:
         if not isinstance(self.robot, MultiTask):
             raise ValueError(f"this robot serves one task ({self.task}); select_task needs one set up for several "
                              "(e.g. stepwise-robot-server robot=sim_pair)")
-        index = req.get("index")
-        if isinstance(index, bool) or not isinstance(index, int):
-            raise ValueError(f"select_task: index must be an integer, got {index!r}")
-        self.robot.select_task(index)  # raises ValueError naming the served tasks for an index out of range
+        self.robot.select_task(req["index"])  # raises ValueError naming the served tasks for an index out of range
         self._reply(ident, req, obs=self._observe(), signals=self._signals(), **self._tasks())
 
     def _op_act(self, ident, req) -> None:
         if not self.armed:
             self.counts["refused_disarmed"] += 1
             return self._reply(ident, req, "disarmed", f"robot is stopped ({self.disarm_reason}); re-arm it (robot.arm(), or reset with arm)")
-        action = np.asarray(req.get("action"), dtype=np.float32)
-        dim = self.robot.action_spec.dim
-        if action.shape != (dim,):
-            raise ValueError(f"action has shape {action.shape}, the robot takes ({dim},)")
-        self.last_command = time.monotonic()
         self.counts["acts"] += 1
-        applied = self.robot.send_action(action)
+        applied = self.robot.send_action(req["action"])  # float32 (A,), checked by protocol.check_request
         obs = self._observe()
         target = self.robot.last_target
         self._reply(ident, req, obs=obs, applied=np.asarray(applied, np.float32).tolist(),
@@ -356,11 +430,16 @@ def build_robot(robot_cfg: dict, task: str | None = None) -> tuple[Robot, dict]:
 
 
 def main() -> None:
-    """Console entry point (Hydra): ``stepwise-robot-server robot=sim task=metaworld/drawer-open``."""
+    """Console entry point (Hydra): ``stepwise-robot-server robot=sim task=metaworld/drawer-open``;
+    ``stepwise-robot-server keys init|add-client --dir DIR`` makes CurveZMQ keys (``real.keys``)."""
+    if len(sys.argv) > 1 and sys.argv[1] == "keys":
+        from real.keys import keys_cli
+
+        sys.exit(keys_cli(sys.argv[2:]))
     from configs.entry import hydra_job
     from sim.tasks import UnknownTaskError
 
-    hydra_job("stepwise-robot-server", "robot_server", _job, errors=(ValueError, OSError, UnknownTaskError, ImportError))
+    hydra_job("stepwise-robot-server", "robot_server", _job, errors=(ValueError, OSError, UnknownTaskError, ImportError))  # real.keys.KeyFileError is a ValueError
 
 
 def _job(cfg, run_dir) -> str:
@@ -375,12 +454,15 @@ def _job(cfg, run_dir) -> str:
     robot, safety = build_robot(robot_cfg, cfg.task)
     instruction = getattr(robot, "instruction", "") or ""
     server = RobotServer(robot, safety, host=cfg.host, port=int(cfg.port), token=cfg.token,
-                         watchdog_ms=float(cfg.watchdog_ms), allow_remote=bool(cfg.allow_remote),
-                         task=getattr(robot, "task_name", None) or cfg.task, instruction=instruction)
+                         watchdog_ms=None if cfg.watchdog_ms is None else float(cfg.watchdog_ms),
+                         watchdog_periods=float(cfg.watchdog_periods), watchdog_min_ms=float(cfg.watchdog_min_ms),
+                         allow_remote=bool(cfg.allow_remote), keys=cfg["keys"], max_request_bytes=int(cfg.max_request_bytes),
+                         hwm=int(cfg.hwm), task=getattr(robot, "task_name", None) or cfg.task, instruction=instruction)
     server.bind()
     signal.signal(signal.SIGTERM, lambda *_: server.stop())
     print(f"stepwise-robot-server: {robot_cfg['driver']} on tcp://{cfg.host}:{server.port}, watchdog "
-          f"{cfg.watchdog_ms:.0f} ms{', token required' if cfg.token else ''}; Ctrl-C stops", flush=True)
+          f"{server.watchdog_s * 1000:.0f} ms, {'CurveZMQ (allow-list ' + str(server.keys / 'allowed') + ')' if server.keys else 'plain'}"
+          f"{', token required' if cfg.token else ''}; Ctrl-C stops", flush=True)
     try:
         server.serve_forever()
     except KeyboardInterrupt:
