@@ -84,19 +84,18 @@ class RobotEnv(gym.Env):
         self.robot.connect()
         spec = robot.observation_spec
         act = robot.action_spec
-        spaces: dict[str, gym.Space] = {
-            "proprio": gym.spaces.Box(-np.inf, np.inf, (spec.proprio_dim,), np.float32)
-        }
+        spaces: dict[str, gym.Space] = {"proprio": _box(spec.proprio_dim, spec.proprio_bounds)}
         if spec.cameras:
             h, w = spec.image_size
             spaces["images"] = gym.spaces.Dict(
                 {c: gym.spaces.Box(0, 255, (h, w, 3), np.uint8) for c in spec.cameras}
             )
         if spec.state_dim is not None:
-            spaces["state"] = gym.spaces.Box(-np.inf, np.inf, (spec.state_dim,), np.float32)
+            spaces["state"] = _box(spec.state_dim, spec.state_bounds)
         self.observation_space = gym.spaces.Dict(spaces)
         self.action_space = gym.spaces.Box(act.low, act.high, (act.dim,), np.float32)
         self.render_mode = "rgb_array"
+        self.metadata = {**self.metadata, "render_fps": act.control_hz}  # gymnasium's checker asks for it
         self._steps = 0
         self._last_obs: Observation | None = None
         self._done = True
@@ -159,6 +158,14 @@ class RobotEnv(gym.Env):
     def close(self) -> None:
         """Stop the robot and free its resources."""
         self.robot.close()
+
+
+def _box(dim: int, bounds) -> gym.spaces.Box:
+    """float32 Box of ``dim`` entries, finite where the driver states ``bounds`` = (low, high)."""
+    if bounds is None:
+        return gym.spaces.Box(-np.inf, np.inf, (dim,), np.float32)
+    low, high = (np.asarray(b, np.float32).reshape(dim) for b in bounds)
+    return gym.spaces.Box(low, high, (dim,), np.float32)
 
 
 def make_env(

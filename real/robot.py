@@ -51,6 +51,9 @@ class ObservationSpec:
             the end-effector position in metres (``hand_x``, ``hand_y``, ``hand_z``) and the fourth
             the gripper opening in [0, 1].
         state_dim: length of the privileged ``state`` (``None`` on real robots).
+        proprio_bounds: ``(low, high)`` per proprio entry where the robot's reach bounds them in fact
+            (``None``: unbounded; the env's observation space then says -inf..inf).
+        state_bounds: the same for the privileged state.
     """
 
     cameras: tuple[str, ...]
@@ -58,6 +61,8 @@ class ObservationSpec:
     proprio_dim: int
     state_dim: int | None = None
     proprio_names: tuple[str, ...] = field(default=())
+    proprio_bounds: tuple[tuple[float, ...], tuple[float, ...]] | None = None
+    state_bounds: tuple[tuple[float, ...], tuple[float, ...]] | None = None
 
 
 @runtime_checkable

@@ -6,6 +6,17 @@ import numpy as np
 
 from real.robot import ActionSpec, Observation, ObservationSpec
 
+# Meta-World's own bounds of the hand position (SawyerXYZEnv._HAND_SPACE) and gripper entry ([-1, 1]).
+HAND_LOW, HAND_HIGH = (-0.525, 0.348, -0.0525), (0.525, 1.025, 0.7)
+# The 39-d state: hand (3), gripper (1), objects (14: positions and quaternions), the same 18 of the
+# previous step, goal (3). Meta-World leaves the objects unbounded; they stay in the scene (a few metres
+# around the table; quaternion entries in [-1, 1]), so +-5 bounds them in fact; the goal lies on the table.
+_OBJ = 5.0
+_STATE_BOUNDS = (
+    (HAND_LOW + (-1.0,) + (-_OBJ,) * 14) * 2 + (-_OBJ,) * 3,
+    (HAND_HIGH + (1.0,) + (_OBJ,) * 14) * 2 + (_OBJ,) * 3,
+)
+
 
 class SimRobot:
     """A Meta-World task driven as a robot: end-effector delta xyz + gripper in [-1, 1].
@@ -153,6 +164,8 @@ class SimRobot:
             proprio_dim=PROPRIO_DIM,
             state_dim=STATE_DIM if self.include_state else None,
             proprio_names=("hand_x", "hand_y", "hand_z", "gripper_opening"),
+            proprio_bounds=(HAND_LOW + (-1.0,), HAND_HIGH + (1.0,)),
+            state_bounds=_STATE_BOUNDS if self.include_state else None,
         )
 
     @property
