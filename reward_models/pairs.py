@@ -141,6 +141,7 @@ class PairBatch:
     hop: float (P,) target hop, or its bound where ``censored``; text: int (P,) index into
     ``instructions``; censored: bool (P,) pairs whose hop is only bounded (failures, wrong
     instructions, reverse twins): above, or below where ``lower`` (reverse twins backward in time).
+    state_slot: int (S,) the episode slot of each state; a pair's states are all of one slot.
     """
 
     states: np.ndarray
@@ -153,6 +154,7 @@ class PairBatch:
     instructions: list[str]
     censored: np.ndarray | None = None
     lower: np.ndarray | None = None
+    state_slot: np.ndarray | None = None
 
 
 class PairSampler:
@@ -239,7 +241,9 @@ class PairSampler:
         rng = self.rng
         tasks = list(self.by_task)
         states, start_i, goal_i, before, after, hops, texts, censored, lower = [], [], [], [], [], [], [], [], []
+        slot_starts = []
         for _ in range(num_episodes):
+            slot_starts.append(len(states))
             task = tasks[rng.integers(len(tasks))]
             u = rng.random() if (self.failure_share or self.instruction_negative_share or self.reverse_twin_share) else 1.0
             failure = task in self.failures_by_task and u < self.failure_share
@@ -309,7 +313,8 @@ class PairSampler:
             lower += [False] * self.pairs
         return PairBatch(np.stack(states), np.array(start_i), np.array(goal_i), np.array(before),
                          np.array(after), np.array(hops, dtype=np.float32), np.array(texts), self.instructions,
-                         np.array(censored, dtype=bool), np.array(lower, dtype=bool))
+                         np.array(censored, dtype=bool), np.array(lower, dtype=bool),
+                         np.repeat(np.arange(num_episodes), np.diff([*slot_starts, len(states)])))
 
     def _twin_pairs(self, states: list, task: str) -> tuple[list, list, list, list, list, list, str]:
         """Bounded pairs of a success of ``task`` under a reverse twin's instruction and goal anchor (see

@@ -269,6 +269,10 @@ def embed_instructions(texts: list[str]) -> np.ndarray:
     import subprocess
     import sys
 
+    known = _shipped_embeddings()
+    todo = sorted({t for t in texts if t not in known})
+    if not todo:  # every text was embedded before (no 10 s encoder start)
+        return np.asarray([known[t] for t in texts], dtype=np.float32)
     code = (
         "import json, os, sys\n"
         "os.environ['HF_HUB_OFFLINE'] = '1'\n"
@@ -278,8 +282,27 @@ def embed_instructions(texts: list[str]) -> np.ndarray:
         "sys.stdout.write(json.dumps(emb.tolist()))\n"
     )
     env = {k: v for k, v in os.environ.items() if k != "MUJOCO_GL"}
-    run = subprocess.run([sys.executable, "-c", code], input=json.dumps(list(texts)), capture_output=True,
+    run = subprocess.run([sys.executable, "-c", code], input=json.dumps(todo), capture_output=True,
                          text=True, env=env, timeout=600)
     if run.returncode != 0:
         raise RuntimeError(f"the instruction encoder (all-MiniLM-L6-v2) failed: {run.stderr[-1500:]}")
-    return np.asarray(json.loads(run.stdout), dtype=np.float32)
+    fresh = dict(zip(todo, json.loads(run.stdout)))
+    return np.asarray([known[t] if t in known else fresh[t] for t in texts], dtype=np.float32)
+
+
+_SHIPPED_TEXT: dict[str, list[float]] | None = None
+
+
+def _shipped_embeddings() -> dict[str, list[float]]:
+    """The all-MiniLM-L6-v2 embeddings the shipped step-PRM checkpoints cached (the Meta-World
+    instructions they were trained on): the same encoder's outputs, read instead of recomputed."""
+    global _SHIPPED_TEXT
+    if _SHIPPED_TEXT is None:
+        import json
+
+        _SHIPPED_TEXT = {}
+        for config in sorted((Path(__file__).parent / "checkpoints").glob("*/config.json")):
+            meta = json.loads(config.read_text())
+            if meta.get("kind") == "step_prm":
+                _SHIPPED_TEXT.update(meta.get("config", {}).get("text_cache") or {})
+    return _SHIPPED_TEXT

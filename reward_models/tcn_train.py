@@ -258,9 +258,9 @@ def train_tcn(stores, out: str | Path, cfg: TCNTrainConfig | Mapping[str, Any], 
     Returns:
         The trained encoder, loaded back from ``out`` (or from the live network when stopped early).
     """
-    from torch.utils.tensorboard import SummaryWriter
     from tqdm import tqdm
 
+    from reward_models import distributed
     from reward_models.augment import random_shift
 
     cfg = cfg if isinstance(cfg, TCNTrainConfig) else TCNTrainConfig.from_mapping(cfg)
@@ -292,7 +292,7 @@ def train_tcn(stores, out: str | Path, cfg: TCNTrainConfig | Mapping[str, Any], 
     step, losses = 0, []
     model_cfg = asdict(cfg.model_config())
     if state_path.exists():
-        state = torch.load(state_path, map_location=device, weights_only=False)
+        state = distributed.load_state(state_path, map_location=device)
         if state["model_config"] != model_cfg:
             raise ValueError(f"{state_path} was written for architecture {state['model_config']}, not {model_cfg}: "
                              "resume with the same settings or use a fresh out=")
@@ -303,17 +303,20 @@ def train_tcn(stores, out: str | Path, cfg: TCNTrainConfig | Mapping[str, Any], 
         gen.set_state(state["gen"])
         step, losses = int(state["step"]), list(state["losses"])
         log.info("tcn: resuming from step %d of %d (%s)", step, steps, state_path)
-    writer = SummaryWriter(str(out / "tb"))
-    bar = tqdm(range(step, steps), initial=step, total=steps, desc="train tcn", unit="step")
+    ranks = distributed.current()
+    wrapped = distributed.data_parallel(net)
+    writer = distributed.summary_writer(str(out / "tb"))
+    bar = tqdm(range(step, steps), initial=step, total=steps, desc="train tcn", unit="step", disable=not ranks.main)
     t0, done_here = time.perf_counter(), 0
     for step in bar:
         net.train()
         batch = sampler.sample()
         views = torch.from_numpy(np.concatenate([batch.anchor, batch.positive]))  # (2N, S, S, 3) uint8
         views = random_shift(views, int(cfg.shift_pad), gen).permute(0, 3, 1, 2).float()
-        views = color_jitter(views, float(cfg.color_jitter), gen).to(device)
-        _, emb = net(net.normalise(views))
-        loss, hits = time_contrastive_loss(net.project(emb), torch.from_numpy(batch.episode), torch.from_numpy(batch.task),
+        views = color_jitter(views, float(cfg.color_jitter), gen)  # the whole batch on every rank: one generator
+        # each rank encodes its block of rows; the loss sees every rank's rows (contrastive negatives)
+        proj = distributed.gather_rows(wrapped(_project, views[distributed.block(len(views), ranks)].to(device)))
+        loss, hits = time_contrastive_loss(proj, torch.from_numpy(batch.episode), torch.from_numpy(batch.task),
                                           torch.from_numpy(batch.time), float(cfg.temperature), int(cfg.negative_margin),
                                           cfg.negatives)
         opt.zero_grad(set_to_none=True)
@@ -331,14 +334,15 @@ def train_tcn(stores, out: str | Path, cfg: TCNTrainConfig | Mapping[str, Any], 
         done_here += 1
         last = step + 1 == steps
         if (step + 1) % int(cfg.checkpoint_every) == 0 or last or (stop_after is not None and done_here >= stop_after):
-            torch.save({"net": net.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
-                        "sampler_rng": sampler.rng.bit_generator.state, "gen": gen.get_state(), "step": step + 1,
-                        "losses": losses, "model_config": model_cfg}, state_path.with_suffix(".tmp"))
-            state_path.with_suffix(".tmp").replace(state_path)
+            distributed.save_main({"net": net.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
+                                   "sampler_rng": sampler.rng.bit_generator.state, "gen": gen.get_state(),
+                                   "step": step + 1, "losses": losses, "model_config": model_cfg}, state_path)
         if stop_after is not None and done_here >= stop_after and not last:
             writer.close()
             return _live_encoder(net)
     writer.close()
+    if not ranks.main:  # rank 0 writes the checkpoint
+        return _live_encoder(net)
     k = max(1, min(100, len(losses) // 10))
     training = {**{k_: (list(v) if isinstance(v, tuple) else v) for k_, v in asdict(cfg).items()},
                 "steps_done": len(losses), "loss_first": float(np.mean(losses[:k])), "loss_last": float(np.mean(losses[-k:])),
@@ -347,6 +351,12 @@ def train_tcn(stores, out: str | Path, cfg: TCNTrainConfig | Mapping[str, Any], 
     log.info("tcn: loss %.3f (first %d steps) -> %.3f (last %d)", training["loss_first"], k, training["loss_last"], k)
     save_checkpoint(net.cpu(), out, training)
     return TCNEncoder(out)
+
+
+def _project(net: TCNNet, views: torch.Tensor) -> torch.Tensor:
+    """float (B, 3, S, S) augmented views in [0, 255] -> projection-head embeddings (B, D); one forward pass."""
+    _, emb = net(net.normalise(views))
+    return net.project(emb)
 
 
 def _live_encoder(net: TCNNet) -> TCNEncoder:

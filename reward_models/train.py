@@ -11,6 +11,11 @@ run it calibrates without training again.
 Progress bar, TensorBoard logs in ``out/tb``, and resumable: a killed run restarts from
 ``out/trainer_state.pt`` when run again with the same ``out``. The finished model is a checkpoint
 directory at ``out`` (``reward_models.load(out)``).
+
+Data-parallel over N processes (gloo on CPUs, NCCL on GPUs; step_prm, tcn and vlm_success), the same
+global batch split over the ranks (:mod:`reward_models.distributed`)::
+
+    torchrun --nproc_per_node=2 -m reward_models.train reward=step_prm data=... out=... num_threads=1
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from reward_models import distributed
 from reward_models.base import load
 from reward_models.augment import random_shift
 from reward_models.metrics import spearman
@@ -65,7 +71,6 @@ def hop_loss(logits: torch.Tensor, hops: torch.Tensor, censored: torch.Tensor | 
 
 def train(cfg) -> StepPRM:
     """Train (or adapt, with ``cfg.init``) a step-discretized progress model as ``cfg`` says."""
-    from torch.utils.tensorboard import SummaryWriter
     from tqdm import tqdm
 
     torch.set_num_threads(int(cfg.num_threads))
@@ -106,69 +111,55 @@ def train(cfg) -> StepPRM:
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 50) * 0.5 * (1 + np.cos(np.pi * min(s, steps) / steps)))
     state_path = out / "trainer_state.pt"
     step = 0
+    gen = torch.Generator().manual_seed(int(cfg.seed))
     if state_path.exists():
-        state = torch.load(state_path, map_location=model.device, weights_only=False)
+        state = distributed.load_state(state_path, map_location=model.device)
         net.load_state_dict(state["net"])
         opt.load_state_dict(state["opt"])
         sched.load_state_dict(state["sched"])
         sampler.rng = state["sampler_rng"]
         step = int(state["step"])
+        if "gen" in state:  # older states re-seeded the augmentation from the step
+            gen.set_state(state["gen"])
+        else:
+            gen.manual_seed(int(cfg.seed) + step)
         log.info("resuming from step %d of %d (%s)", step, steps, state_path)
-    gen = torch.Generator().manual_seed(int(cfg.seed) + step)
-    writer = SummaryWriter(str(out / "tb"))
+    ranks = distributed.current()
+    wrapped = distributed.data_parallel(net)
+    writer = distributed.summary_writer(str(out / "tb"))
     text_table = torch.stack([model.text_embedding(t) for t in sampler.instructions])
-    cam_ids = list(range(len(model.cameras)))
     view_weight = float(cfg.get("view_loss_weight", 0.5))
-    bar = tqdm(range(step, steps), initial=step, total=steps, desc="train step_prm", unit="step")
+    bar = tqdm(range(step, steps), initial=step, total=steps, desc="train step_prm", unit="step", disable=not ranks.main)
     t0 = time.perf_counter()
     for step in bar:
         net.train()
-        batch = sampler.sample(int(cfg.batch_episodes))
-        images = torch.from_numpy(batch.states)
-        s, v = images.shape[:2]
-        images = random_shift(images.view(s * v, *images.shape[2:]), int(cfg.shift_pad), gen).view(images.shape).to(model.device)
-        mask = torch.ones(s, v, dtype=torch.bool)
-        single = torch.rand(s, generator=gen) < float(cfg.single_view_prob)  # camera dropout
-        pick = torch.randint(0, v, (s,), generator=gen)
-        mask[single] = F.one_hot(pick[single], v).bool()
-        mask = mask.to(model.device)
-        enc = net.encode_states(images, cam_ids, mask)
-        goal_idx = torch.from_numpy(batch.goal).to(model.device)
-        goal = torch.where((goal_idx >= 0).view(-1, *[1] * (enc.dim() - 1)), enc[goal_idx.clamp(min=0)],
-                           net.no_goal_like(enc, len(goal_idx)))
-        text = net.text(text_table[torch.from_numpy(batch.text)])
-        hops = torch.from_numpy(batch.hop).to(model.device)
-        censored = None if batch.censored is None else torch.from_numpy(batch.censored).to(model.device)
-        lower = None if batch.lower is None else torch.from_numpy(batch.lower).to(model.device)
-        # mixture fusion: the pair's view mask is its AFTER state's (camera dropout per state)
-        logits, views = net.hop_logp(enc[batch.start], goal, enc[batch.before], enc[batch.after], text,
-                                     view_mask=mask[batch.after], per_view=True)
-        loss = hop_loss(logits, hops, censored, model.centers, lower)
-        if views is not None and view_weight > 0:  # each camera's own estimate, trained alone
-            flat = views.reshape(-1, views.shape[-1])
-            rep = lambda t: None if t is None else t.repeat_interleave(views.shape[1])  # noqa: E731
-            loss = loss + view_weight * hop_loss(flat, rep(hops), rep(censored), model.centers, rep(lower))
+        batch = _augmented_share(sampler.sample(int(cfg.batch_episodes)), cfg, gen, ranks)
+        loss, logits, hops, exact = wrapped(_pair_loss, batch, text_table, model.centers, view_weight)
+        weight = distributed.share_weight(len(hops), batch["pairs_global"])
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        (loss * weight).backward()
         torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
         opt.step()
         sched.step()
         with torch.no_grad():  # on the labelled pairs (a censored pair has a bound, not a target)
-            exact = ~censored if censored is not None else torch.ones_like(hops, dtype=torch.bool)
-            mae = ((logits.softmax(-1) * model.centers).sum(-1) - hops)[exact].abs().mean().item()
-        writer.add_scalar("train/loss", loss.item(), step)
-        writer.add_scalar("train/hop_mae", mae, step)
-        bar.set_postfix(loss=f"{loss.item():.3f}", hop_mae=f"{mae:.3f}")
+            err = ((logits.softmax(-1) * model.centers).sum(-1) - hops)[exact].abs()
+        means = distributed.global_means({"loss": (loss.item(), len(hops)),
+                                          "mae": (err.mean().item() if len(err) else 0.0, len(err))})
+        writer.add_scalar("train/loss", means["loss"], step)
+        writer.add_scalar("train/hop_mae", means["mae"], step)
+        bar.set_postfix(loss=f"{means['loss']:.3f}", hop_mae=f"{means['mae']:.3f}")
         last = step + 1 == steps
         if (step + 1) % int(cfg.checkpoint_every) == 0 or last:
-            torch.save({"net": net.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
-                        "sampler_rng": sampler.rng, "step": step + 1}, state_path.with_suffix(".tmp"))
-            state_path.with_suffix(".tmp").replace(state_path)
-        if val and ((step + 1) % int(cfg.eval_every) == 0 or last):
+            distributed.save_main({"net": net.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
+                                   "sampler_rng": sampler.rng, "gen": gen.get_state(), "step": step + 1}, state_path)
+        if ranks.main and val and ((step + 1) % int(cfg.eval_every) == 0 or last):
             voc = validation_voc(model, val)
             writer.add_scalar("val/voc_forward", voc, step)
             log.info("step %d: loss %.3f hop_mae %.3f val VOC(forward) %.3f (%.1f steps/s)",
-                     step + 1, loss.item(), mae, voc, (step + 1) / (time.perf_counter() - t0))
+                     step + 1, means["loss"], means["mae"], voc, (step + 1) / (time.perf_counter() - t0))
+    if not ranks.main:  # rank 0 calibrates and writes the checkpoint
+        writer.close()
+        return model
     if cfg.get("calibrate_data"):
         from reward_models.calibration import calibrate
 
@@ -179,6 +170,67 @@ def train(cfg) -> StepPRM:
     writer.close()
     model.save(out)
     return model
+
+
+def _augmented_share(batch, cfg, gen: torch.Generator, ranks) -> dict:
+    """This rank's share of a global pair batch, augmented: tensors for :func:`_pair_loss`.
+
+    Every rank augments the WHOLE batch with the same generator (random shift, camera dropout), so
+    that the generator's state stays every rank's, then keeps the states and pairs of its own episode
+    slots (:func:`reward_models.distributed.shard`), with the pairs' indices renumbered.
+    """
+    images = torch.from_numpy(batch.states)
+    s, v = images.shape[:2]
+    images = random_shift(images.view(s * v, *images.shape[2:]), int(cfg.shift_pad), gen).view(images.shape)
+    mask = torch.ones(s, v, dtype=torch.bool)
+    single = torch.rand(s, generator=gen) < float(cfg.single_view_prob)  # camera dropout
+    pick = torch.randint(0, v, (s,), generator=gen)
+    mask[single] = F.one_hot(pick[single], v).bool()
+    n_pairs = len(batch.hop)
+    keep_state = np.ones(s, dtype=bool)
+    keep_pair = np.ones(n_pairs, dtype=bool)
+    if ranks.parallel:
+        mine = np.isin(batch.state_slot, distributed.shard(int(batch.state_slot.max()) + 1, ranks))
+        keep_state, keep_pair = mine, mine[batch.after]
+    renumber = np.cumsum(keep_state) - 1  # old state index -> index among the kept states
+    take = lambda a: torch.from_numpy(np.ascontiguousarray(a[keep_pair]))  # noqa: E731
+    goal = batch.goal[keep_pair]
+    return {"images": images[torch.from_numpy(keep_state)], "mask": mask[torch.from_numpy(keep_state)],
+            "start": torch.from_numpy(renumber[batch.start[keep_pair]]),
+            "goal": torch.from_numpy(np.where(goal >= 0, renumber[np.maximum(goal, 0)], -1)),
+            "before": torch.from_numpy(renumber[batch.before[keep_pair]]),
+            "after": torch.from_numpy(renumber[batch.after[keep_pair]]),
+            "hop": take(batch.hop), "text": take(batch.text),
+            "censored": None if batch.censored is None else take(batch.censored),
+            "lower": None if batch.lower is None else take(batch.lower),
+            "pairs_global": n_pairs}
+
+
+def _pair_loss(net, batch: dict, text_table: torch.Tensor, centers: torch.Tensor, view_weight: float):
+    """The hop loss of one (share of a) batch: ``(loss, logits, hops, exact)``, the mean over its pairs.
+
+    Runs as one forward pass (under DistributedDataParallel when several processes train)."""
+    device = centers.device
+    mask = batch["mask"].to(device)
+    enc = net.encode_states(batch["images"].to(device), list(range(mask.shape[1])), mask)
+    goal_idx = batch["goal"].to(device)
+    goal = torch.where((goal_idx >= 0).view(-1, *[1] * (enc.dim() - 1)), enc[goal_idx.clamp(min=0)],
+                       net.no_goal_like(enc, len(goal_idx)))
+    text = net.text(text_table[batch["text"].to(device)])
+    hops = batch["hop"].to(device)
+    censored = None if batch["censored"] is None else batch["censored"].to(device)
+    lower = None if batch["lower"] is None else batch["lower"].to(device)
+    before, after = batch["before"].to(device), batch["after"].to(device)
+    # mixture fusion: the pair's view mask is its AFTER state's (camera dropout per state)
+    logits, views = net.hop_logp(enc[batch["start"].to(device)], goal, enc[before], enc[after], text,
+                                 view_mask=mask[after], per_view=True)
+    loss = hop_loss(logits, hops, censored, centers, lower)
+    if views is not None and view_weight > 0:  # each camera's own estimate, trained alone
+        flat = views.reshape(-1, views.shape[-1])
+        rep = lambda t: None if t is None else t.repeat_interleave(views.shape[1])  # noqa: E731
+        loss = loss + view_weight * hop_loss(flat, rep(hops), rep(censored), centers, rep(lower))
+    exact = ~censored if censored is not None else torch.ones_like(hops, dtype=torch.bool)
+    return loss, logits.detach(), hops, exact
 
 
 @torch.no_grad()
@@ -199,6 +251,8 @@ TRAINERS = {
     "vlm_success": "reward_models.vlm_success:train_from_config",
 }
 
+DATA_PARALLEL = ("step_prm", "tcn", "vlm_success")  # the families torchrun can train over several processes
+
 
 def main() -> None:
     """Console entry point (Hydra): ``stepwise-train-rm reward=<kind> data=... out=...``."""
@@ -217,8 +271,14 @@ def _job(cfg, run_dir: Path) -> str:
     if kind not in TRAINERS:
         raise ValueError(f"reward={kind} has no trainer; use one of {sorted(TRAINERS)}")
     module, fn = TRAINERS[kind].split(":")
-    model = getattr(importlib.import_module(module), fn)(cfg)
-    return f"saved {model.kind} model to {cfg.out}"
+    with distributed.launch() as ranks:
+        if ranks.parallel and kind not in DATA_PARALLEL:
+            raise ValueError(f"reward={kind} is fitted, not trained by gradient steps: run it in one process "
+                             f"(without torchrun); data-parallel training covers {sorted(DATA_PARALLEL)}")
+        model = getattr(importlib.import_module(module), fn)(cfg)
+    if not ranks.main:
+        return None
+    return f"saved {model.kind} model to {cfg.out}" + (f" ({ranks.world} processes)" if ranks.parallel else "")
 
 
 if __name__ == "__main__":

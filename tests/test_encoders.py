@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 
+from reward_models.distributed import load_state
 from reward_models.base import CheckpointError
 from reward_models.encoders import ENCODERS, WeightsUnavailableError, build_encoder
 from reward_models.tcn import DEFAULT_CHECKPOINT, load_checkpoint
@@ -213,7 +214,7 @@ def test_tcn_resume_continues_exactly(tiny_store, tmp_path):
     cfg = TINY | {"steps": 12, "checkpoint_every": 4}
     train_tcn(tiny_store, tmp_path / "straight", cfg)
     train_tcn(tiny_store, tmp_path / "resumed", cfg, stop_after=6)  # as if killed after step 6
-    assert torch.load(tmp_path / "resumed" / "trainer_state.pt", weights_only=False)["step"] == 6
+    assert load_state(tmp_path / "resumed" / "trainer_state.pt")["step"] == 6
     assert not (tmp_path / "resumed" / "weights.pt").exists()
     train_tcn(tiny_store, tmp_path / "resumed", cfg)
     a = torch.load(tmp_path / "straight" / "weights.pt", weights_only=True)

@@ -94,6 +94,15 @@ def frame_set_logits(model: VLMSuccessClassifier, frames: FrameSet, cameras: Seq
     return torch.cat(out).double().numpy() if out else np.zeros(0)
 
 
+def _frame_logits(net, views: torch.Tensor, mask: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+    """Success logits (B,) of B frames: ``views`` float (N, 3, S, S) the kept views of ``mask`` bool
+    (B, V) in row order, ``text`` (B, D) their instructions' embeddings. One forward pass."""
+    feats = net.encode_views(views)
+    full = torch.zeros(*mask.shape, feats.shape[-1], device=feats.device, dtype=feats.dtype)
+    full[mask] = feats
+    return net.head_logits(net.fuse(full, list(range(mask.shape[1])), mask), text)
+
+
 def train(data, out: str | Path, reward: Mapping | None = None, init: str | Path | None = None, seed: int = 0,
           max_episodes_per_task: int | None = None, num_threads: int = 2) -> VLMSuccessClassifier:
     """Train (or, with ``init``, adapt) a success classifier on episode stores; save it to ``out``.
@@ -111,9 +120,9 @@ def train(data, out: str | Path, reward: Mapping | None = None, init: str | Path
     Returns:
         The trained, calibrated model (also saved at ``out``).
     """
-    from torch.utils.tensorboard import SummaryWriter
     from tqdm import tqdm
 
+    from reward_models import distributed
     from reward_models.augment import random_shift
 
     r = {**TRAIN_DEFAULTS, **dict(_plain(reward) or {})}
@@ -152,7 +161,7 @@ def train(data, out: str | Path, reward: Mapping | None = None, init: str | Path
     state_path = out / "trainer_state.pt"
     step = 0
     if state_path.exists():
-        state = torch.load(state_path, map_location=model.device, weights_only=False)
+        state = distributed.load_state(state_path, map_location=model.device)
         net.load_state_dict(state["net"])
         opt.load_state_dict(state["opt"])
         sched.load_state_dict(state["sched"])
@@ -160,12 +169,14 @@ def train(data, out: str | Path, reward: Mapping | None = None, init: str | Path
         gen.set_state(state["gen"])
         step = int(state["step"])
         log.info("resuming from step %d of %d (%s)", step, steps, state_path)
-    writer = SummaryWriter(str(out / "tb"))
+    ranks = distributed.current()
+    wrapped = distributed.data_parallel(net)
+    writer = distributed.summary_writer(str(out / "tb"))
     v = len(model.cameras)
-    cam_ids = list(range(v))
     batch_size = int(r["batch_size"])
+    local = torch.from_numpy(distributed.shard(batch_size, ranks))  # this rank's frames of each batch
     pos_by_text = {k: np.flatnonzero((train_set.labels == 1) & (train_set.text == k)) for k in range(len(frames.instructions))}
-    bar = tqdm(range(step, steps), initial=step, total=steps, desc="train vlm_success", unit="step")
+    bar = tqdm(range(step, steps), initial=step, total=steps, desc="train vlm_success", unit="step", disable=not ranks.main)
     t0 = time.perf_counter()
     for step in bar:
         net.train()
@@ -185,30 +196,29 @@ def train(data, out: str | Path, reward: Mapping | None = None, init: str | Path
         mask = torch.rand(batch_size, v, generator=gen) < float(r["camera_keep_prob"])  # camera dropout
         empty = ~mask.any(1)
         mask[empty, torch.randint(0, v, (int(empty.sum()),), generator=gen)] = True
+        # the whole batch is augmented on every rank (one generator state), then each keeps its frames
         flat = random_shift(images[mask], int(r["shift_pad"]), gen)  # only kept views are encoded
-        x = color_jitter(flat.permute(0, 3, 1, 2).float() / 255.0, float(r["color_jitter"]), gen).to(model.device)
-        feats = net.encode_views(x)
-        full = torch.zeros(batch_size, v, feats.shape[-1], device=model.device, dtype=feats.dtype)
-        full[mask.to(model.device)] = feats
-        fused = net.fuse(full, cam_ids, mask.to(model.device))
-        logit = net.head_logits(fused, table[torch.from_numpy(text).to(model.device)])
-        target = torch.from_numpy(labels).to(model.device)
+        x = color_jitter(flat.permute(0, 3, 1, 2).float() / 255.0, float(r["color_jitter"]), gen)
+        mine = torch.isin(mask.nonzero()[:, 0], local)
+        logit = wrapped(_frame_logits, x[mine].to(model.device), mask[local].to(model.device),
+                        table[torch.from_numpy(text).to(model.device)[local.to(model.device)]])
+        target = torch.from_numpy(labels)[local].to(model.device)
         loss = F.binary_cross_entropy_with_logits(logit, target)
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        (loss * distributed.share_weight(len(local), batch_size)).backward()
         torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
         opt.step()
         sched.step()
-        acc = float(((logit.detach() > 0).float() == target).float().mean())
-        writer.add_scalar("train/loss", loss.item(), step)
-        writer.add_scalar("train/accuracy", acc, step)
-        bar.set_postfix(loss=f"{loss.item():.3f}", acc=f"{acc:.2f}")
+        means = distributed.global_means({"loss": (loss.item(), len(local)),
+                                          "acc": (float(((logit.detach() > 0).float() == target).float().mean()), len(local))})
+        writer.add_scalar("train/loss", means["loss"], step)
+        writer.add_scalar("train/accuracy", means["acc"], step)
+        bar.set_postfix(loss=f"{means['loss']:.3f}", acc=f"{means['acc']:.2f}")
         last = step + 1 == steps
         if (step + 1) % int(r["checkpoint_every"]) == 0 or last:
-            torch.save({"net": net.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
-                        "sampler_rng": sampler.rng, "gen": gen.get_state(), "step": step + 1}, state_path.with_suffix(".tmp"))
-            state_path.with_suffix(".tmp").replace(state_path)
-        if len(val_set.labels) and ((step + 1) % int(r["eval_every"]) == 0 or last):
+            distributed.save_main({"net": net.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
+                                   "sampler_rng": sampler.rng, "gen": gen.get_state(), "step": step + 1}, state_path)
+        if ranks.main and len(val_set.labels) and ((step + 1) % int(r["eval_every"]) == 0 or last):
             z = frame_set_logits(model, val_set)
             y = val_set.labels
             val_auc = auroc(z[y == 1], z[y == 0])
@@ -216,8 +226,11 @@ def train(data, out: str | Path, reward: Mapping | None = None, init: str | Path
             writer.add_scalar("val/loss", val_loss, step)
             if val_auc is not None:
                 writer.add_scalar("val/auroc", val_auc, step)
-            log.info("step %d: loss %.3f val loss %.3f AUROC %s (%.2f steps/s)", step + 1, loss.item(), val_loss,
+            log.info("step %d: loss %.3f val loss %.3f AUROC %s (%.2f steps/s)", step + 1, means["loss"], val_loss,
                      f"{val_auc:.3f}" if val_auc is not None else "n/a", (step + 1 - 0) / (time.perf_counter() - t0 + 1e-9))
+    if not ranks.main:  # rank 0 calibrates and writes the checkpoint
+        writer.close()
+        return model
     # Calibration: temperature and threshold on validation episodes (training frames if it lacks a class).
     calib_set, calibrated_on = val_set, "validation"
     if len(val_set.labels) == 0 or val_set.labels.min() == val_set.labels.max():
