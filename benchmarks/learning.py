@@ -2,15 +2,20 @@
 the simulator's dense reward and a privileged oracle potential as references; and the demonstration
 curve (1, 2, 5, 10 policy demonstrations).
 
-    python benchmarks/learning.py                      # the plan below, 2 runs at a time, resumable
+    python benchmarks/learning.py                      # the plan below, resumable
     python benchmarks/learning.py --only progress --tasks drawer-open push --seeds 0
+    python benchmarks/learning.py --launcher submitit_local   # the runs of a variant side by side
     python benchmarks/learning.py --table-only         # rebuild the table from finished runs
     python benchmarks/learning.py --table-only --from-json benchmarks/results/learning.json   # ... from the committed runs
 
-Each run is one `stepwise-train` process (1 torch thread) in ``--runs/<name>``; a finished run
-(report.json present) is skipped, an unfinished one resumes. After every finished run the table
-``benchmarks/results/learning.md`` (+ ``learning.json``, ``learning.png``) is rewritten from all
-finished runs, so a partial benchmark still reports what it measured.
+The runs are Hydra multirun sweeps of `stepwise-train` (benchmarks/sweep.py): one sweep per variant
+(and demonstration count) over its tasks and seeds, through the Hydra launcher given (``basic``:
+one job after another; ``submitit_local``: side by side; ``cluster``: Slurm). Each run is one job
+(1 torch thread) in ``--runs/<variant>[__demos<n>]/metaworld/<task>/s<seed>``, launched with
+``resume=true``: a finished run (report.json present) is kept, an unfinished one resumes. After
+every finished sweep the table ``benchmarks/results/learning.md`` (+ ``learning.json``,
+``learning.png``) is rewritten from all finished runs, so a partial benchmark still reports what it
+measured. A run is named ``<task>__<variant>__s<seed>[__demos<n>]`` from its report and its sweep's folder.
 """
 
 from __future__ import annotations
@@ -18,14 +23,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
-import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-BIN = Path(sys.executable).parent
 TASKS = ["drawer-open", "door-open", "button-press-topdown", "window-close", "push", "pick-place"]
 # The defaults before 2026-11-28 (raw state, BC warm start 500 steps, TD3+BC alpha 2.5, no conservative
 # term online); the `_v1` variants ran with them.
@@ -93,19 +94,26 @@ def plan(args) -> list[tuple[str, list[str]]]:
     return [(n, o) for n, o in runs if n not in set(args.skip or [])]
 
 
-def run_one(name: str, overrides: list[str], runs_dir: Path, extra: list[str]) -> dict | None:
-    out = runs_dir / name
-    if (out / "report.json").exists():
-        return json.loads((out / "report.json").read_text())
-    resume = ["resume=true"] if (out / "checkpoint.pt").exists() else []
-    cmd = [str(BIN / "stepwise-train"), *overrides, "threads=1", "offline_threads=1", f"hydra.run.dir={out}",
-           *resume, *extra]
-    out.mkdir(parents=True, exist_ok=True)
-    t0 = time.time()
-    with open(out / "stdout.log", "a") as log:
-        proc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
-    print(f"{name}: rc {proc.returncode} in {time.time() - t0:.0f} s", flush=True)
-    return json.loads((out / "report.json").read_text()) if (out / "report.json").exists() else None
+def sweeps_of(runs: list[tuple[str, list[str]]], runs_dir: Path, extra: list[str]) -> list:
+    """The planned runs as sweeps: those of one variant and demonstration count share a sweep over
+    their tasks and seeds (a sweep whose runs all have reports is left out)."""
+    from sweep import Sweep
+
+    groups: dict[str, dict] = {}
+    for name, _ in runs:
+        task, variant, seed, *rest = name.split("__")
+        group = groups.setdefault("__".join([variant, *rest]), {"variant": variant, "rest": rest, "tasks": [], "seeds": []})
+        group["tasks"] += [task] if task not in group["tasks"] else []
+        group["seeds"] += [seed.removeprefix("s")] if seed.removeprefix("s") not in group["seeds"] else []
+    out = []
+    for folder, g in groups.items():
+        if all((runs_dir / folder / "metaworld" / t / f"s{s}" / "report.json").exists() for t in g["tasks"] for s in g["seeds"]):
+            continue
+        demos = [f"demos={g['rest'][0].removeprefix('demos')}"] if g["rest"] else []
+        out.append(Sweep(folder, [*VARIANTS[g["variant"]], *demos],
+                         {"task": [f"metaworld/{t}" for t in g["tasks"]], "seed": g["seeds"]},
+                         runs_dir / folder, "${task}/s${seed}", extra))
+    return out
 
 
 def success_at(report: dict, episode: int) -> float | None:
@@ -130,12 +138,19 @@ def task_means(reports: dict, variant: str, seeds: set[str] | None = None) -> tu
 
 
 def load_runs(runs_dir: Path) -> dict:
-    """The report of every finished run under ``runs_dir``, by run name."""
+    """The report of every finished run under ``runs_dir``, by run name: ``<task>__<folder>__s<seed>``
+    from a sweep's job folder ``<folder>/metaworld/<task>/s<seed>`` (the folder names the variant and
+    any demonstration count), or the folder's own name for runs of the earlier layout ``<runs>/<name>``."""
     reports = {}
-    for d in sorted(runs_dir.iterdir()) if runs_dir.exists() else []:
-        if (d / "report.json").exists():
-            reports[d.name] = json.loads((d / "report.json").read_text())
-    return reports
+    for path in sorted(runs_dir.rglob("report.json")) if runs_dir.exists() else []:
+        rel = path.parent.relative_to(runs_dir).parts
+        if len(rel) == 1:
+            name = rel[0]
+        else:
+            variant, *rest = rel[0].split("__")
+            name = "__".join([rel[-2], variant, rel[-1], *rest])
+        reports[name] = json.loads(path.read_text())
+    return dict(sorted(reports.items()))
 
 
 def write_table(runs_dir: Path, out: Path, reports: dict | None = None, written: str | None = None) -> None:
@@ -257,7 +272,9 @@ def main() -> None:
     parser.add_argument("--seeds", nargs="+", default=["0", "1"])
     parser.add_argument("--only", nargs="+", choices=sorted(VARIANTS), help="variants to run (default: all)")
     parser.add_argument("--demo-curve", action="store_true", help="also 1, 2, 10 demonstrations on drawer-open and push")
-    parser.add_argument("--parallel", type=int, default=2)
+    parser.add_argument("--launcher", default="basic",
+                        help="Hydra launcher: basic | submitit_local | cluster (Slurm) | any hydra/launcher option")
+    parser.add_argument("--concurrent", type=int, default=1, help="sweeps running at once")
     parser.add_argument("--names", nargs="+", help="exactly these runs, in this order (e.g. push__sparse__s0)")
     parser.add_argument("--skip", nargs="+", help="run names to leave out (e.g. ones running elsewhere)")
     parser.add_argument("--runs", default=str(ROOT / "runs" / "bench_learning"))
@@ -265,7 +282,7 @@ def main() -> None:
     parser.add_argument("--table-only", action="store_true")
     parser.add_argument("--from-json", help="with --table-only: rebuild the tables from an earlier learning.json's "
                                             "runs (its machine line kept) instead of --runs")
-    parser.add_argument("extra", nargs="*", help="extra stepwise-train overrides for every run")
+    parser.add_argument("extra", nargs="*", help="extra stepwise-train (and hydra.launcher.*) overrides for every run")
     args = parser.parse_args()
     runs_dir, out = Path(args.runs), Path(args.out)
     if args.table_only and args.from_json:
@@ -276,11 +293,11 @@ def main() -> None:
         print(out.read_text())
         return
     if not args.table_only:
-        with ThreadPoolExecutor(args.parallel) as pool:
-            futures = [pool.submit(run_one, name, ov, runs_dir, args.extra) for name, ov in plan(args)]
-            for f in futures:
-                f.result()
-                write_table(runs_dir, out)
+        from sweep import run_sweeps
+
+        todo = sweeps_of(plan(args), runs_dir, args.extra)
+        print(f"{len(todo)} sweep(s), {sum(s.jobs() for s in todo)} job(s) through hydra/launcher={args.launcher}")
+        run_sweeps(todo, args.launcher, args.concurrent, after_each=lambda: write_table(runs_dir, out))
     write_table(runs_dir, out)
     print(out.read_text() if out.exists() else "no finished runs")
 

@@ -1,18 +1,25 @@
 """The benchmark where the reward decides: 1, 2 and 5 demonstrations x six rewards x seven held-out
 tasks x 3 seeds, 150 online episodes each, with episodes-to-90% and final success.
 
-    python benchmarks/reward_decides.py                                   # every cell, 1 at a time, resumable
+    python benchmarks/reward_decides.py                                   # every cell, resumable
     python benchmarks/reward_decides.py --tasks push --demos 1 2 --rewards sparse step_prm --seeds 0
+    python benchmarks/reward_decides.py --launcher submitit_local         # the seeds of a cell side by side
+    python benchmarks/reward_decides.py --launcher cluster --sweep-over task demos seed --concurrent 6 \
+        hydra.launcher.partition=cpu                                      # a Slurm cluster: 6 sweeps of 63 jobs
     python benchmarks/reward_decides.py --table-only                      # the table from finished runs
     python benchmarks/reward_decides.py --table-only --runs DIR1 DIR2     # ... from run folders made anywhere
 
-Each cell is one `stepwise-train` run (1 torch thread) in ``<runs>/<task>/<reward>/demos<d>/seed<s>``; a
-finished cell (report.json) is skipped, an unfinished one resumes from its checkpoint, so the grid
-can be run in parts across sittings or machines. The table is aggregated from the run folders
-alone: a cell is named by its ``report.json`` and ``.hydra/config.yaml`` (task, demonstrations, seed,
-reward), never by its path, so runs made by a sweep anywhere can be tabulated together. Rows with
-other learner settings than the benchmark's (``.hydra/overrides.yaml`` beyond the grid's keys) are
-kept apart under their overrides. Writes ``benchmarks/results/reward_decides.md`` (+ .json, .png).
+The cells run as Hydra multirun sweeps of `stepwise-train` (benchmarks/sweep.py), one sweep per reward
+and per value of the keys not in ``--sweep-over`` (default: a sweep over the seeds), through the
+Hydra launcher given (``basic``: one job after another; ``submitit_local``: side by side; ``cluster``:
+Slurm). Each cell is one job (1 torch thread) in ``<runs>/<reward>/metaworld/<task>/demos<d>/seed<s>``,
+launched with ``resume=true``: a finished cell (report.json) is kept, an unfinished one resumes from
+its checkpoint, so the grid can be run in parts across sittings or machines. The table is aggregated
+from the run folders alone: a cell is named by its ``report.json`` and ``.hydra/config.yaml`` (task,
+demonstrations, seed, reward), never by its path, so runs made by a sweep anywhere can be tabulated
+together. Rows with other learner settings than the benchmark's (``.hydra/overrides.yaml`` beyond the
+grid's keys) are kept apart under their overrides. Writes ``benchmarks/results/reward_decides.md``
+(+ .json, .png).
 """
 
 from __future__ import annotations
@@ -20,13 +27,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-BIN = Path(sys.executable).parent
 TASKS = ["drawer-open", "door-open", "button-press-topdown", "window-close", "push", "pick-place", "faucet-open"]
 DEMOS = [1, 2, 5]
 SEEDS = [0, 1, 2]
@@ -43,23 +47,36 @@ GRID_KEYS = ("task", "experiment", "seed", "demos", "online.episodes", "reward",
 
 
 def cell_dir(runs: Path, task: str, reward: str, demos: int, seed: int) -> Path:
-    return runs / task / reward.replace("+", "_") / f"demos{demos}" / f"seed{seed}"
+    """Where a cell's job runs: ``<runs>/<reward>/`` is its sweep's folder, the rest the job's subdir."""
+    return runs / reward.replace("+", "_") / "metaworld" / task / f"demos{demos}" / f"seed{seed}"
 
 
-def run_cell(runs: Path, task: str, reward: str, demos: int, seed: int, extra: list[str]) -> bool:
-    """One cell, resumed where a checkpoint exists; True when it has a report."""
-    out = cell_dir(runs, task, reward, demos, seed)
-    if (out / "report.json").exists():
-        return True
-    out.mkdir(parents=True, exist_ok=True)
-    cmd = [str(BIN / "stepwise-train"), f"task=metaworld/{task}", f"seed={seed}", f"demos={demos}",
-           f"online.episodes={EPISODES}", *REWARDS[reward], "threads=1", "offline_threads=1",
-           f"hydra.run.dir={out}", *(["resume=true"] if (out / "checkpoint.pt").exists() else []), *extra]
-    t0 = time.time()
-    with open(out / "stdout.log", "a") as log:
-        rc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT).returncode
-    print(f"{task} {reward} demos={demos} seed={seed}: rc {rc} in {time.time() - t0:.0f} s", flush=True)
-    return (out / "report.json").exists()
+SUBDIR = "${task}/demos${demos}/seed${seed}"  # the job folder under its sweep's, from the job's config
+
+
+def sweeps(runs: Path, tasks: list[str], demos: list[int], rewards: list[str], seeds: list[int],
+           sweep_over: list[str], extra: list[str]) -> list:
+    """The grid's unfinished cells as sweeps: per reward, and per value of each key not swept over.
+    A sweep whose every cell has a report is left out."""
+    import itertools
+
+    from sweep import Sweep
+
+    axes = {"demos": demos, "task": tasks, "seed": seeds}  # loop order: the cheapest question first
+    looped = [k for k in axes if k not in sweep_over]
+    out = []
+    for values in itertools.product(*(axes[k] for k in looped)):
+        fixed_keys = dict(zip(looped, values))
+        for reward in rewards:
+            grid = {k: ([fixed_keys[k]] if k in fixed_keys else axes[k]) for k in axes}
+            cells = list(itertools.product(grid["task"], grid["demos"], grid["seed"]))
+            if all((cell_dir(runs, t, reward, d, s) / "report.json").exists() for t, d, s in cells):
+                continue
+            swept = {"task": [f"metaworld/{t}" for t in grid["task"]], "demos": grid["demos"], "seed": grid["seed"]}
+            name = reward + "".join(f" {k}={v}" for k, v in fixed_keys.items())
+            out.append(Sweep(name, [*REWARDS[reward], f"online.episodes={EPISODES}"], swept,
+                             runs / reward.replace("+", "_"), SUBDIR, extra))
+    return out
 
 
 def reward_label(config: dict) -> str:
@@ -249,17 +266,21 @@ def main() -> None:
                         help="where cells run (the first) and the folders tabulated (all)")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "reward_decides.md"))
     parser.add_argument("--table-only", action="store_true")
-    parser.add_argument("extra", nargs="*", help="stepwise-train overrides for every cell (its learner settings)")
+    parser.add_argument("--launcher", default="basic",
+                        help="Hydra launcher: basic | submitit_local | cluster (Slurm) | any hydra/launcher option")
+    parser.add_argument("--sweep-over", nargs="+", choices=["task", "demos", "seed"], default=["seed"],
+                        help="keys each sweep spans (the others are looped over, one sweep per value)")
+    parser.add_argument("--concurrent", type=int, default=1, help="sweeps running at once")
+    parser.add_argument("extra", nargs="*", help="stepwise-train (and hydra.launcher.*) overrides for every cell")
     args = parser.parse_args()
     dirs = [Path(d) for d in args.runs]
     out = Path(args.out)
-    if not args.table_only:  # the cheapest question first: does the reward decide with few demonstrations?
-        for demos in args.demos:
-            for seed in args.seeds:
-                for task in args.tasks:
-                    for reward in args.rewards:
-                        run_cell(dirs[0], task, reward, demos, seed, args.extra)
-                        write_table(load_cells(dirs), out)
+    if not args.table_only:
+        from sweep import run_sweeps
+
+        todo = sweeps(dirs[0], args.tasks, args.demos, args.rewards, args.seeds, args.sweep_over, args.extra)
+        print(f"{len(todo)} sweep(s), {sum(s.jobs() for s in todo)} job(s) through hydra/launcher={args.launcher}")
+        run_sweeps(todo, args.launcher, args.concurrent, after_each=lambda: write_table(load_cells(dirs), out))
     cells = load_cells(dirs)
     if cells:
         write_table(cells, out)

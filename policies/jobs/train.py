@@ -233,6 +233,13 @@ def main() -> None:
 
 def _job(cfg, run_dir: Path) -> str:
     """The main job in Hydra's run folder; returns the closing line."""
+    finished = Path(run_dir) / "report.json"
+    if cfg.resume and finished.exists():  # a sweep launched again: its finished runs are kept, not redone
+        import json
+
+        report = json.loads(finished.read_text())
+        return (f"already finished: final success rate {report['final_success_rate']:.2f} after "
+                f"{report['online_episodes']} online episodes; report: {Path(run_dir) / 'report.md'}")
     report = run(cfg, run_dir)
     return (f"final success rate {report['final_success_rate']:.2f} over {report['final_eval_episodes']} eval "
             f"episodes after {report['online_episodes']} online episodes, {report['wall_time_s'] / 60:.1f} min; "
