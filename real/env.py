@@ -295,3 +295,23 @@ class _EnvFactory:
 
     def __call__(self) -> RobotEnv:
         return make_env(self.task, **self.kwargs)
+
+
+def build_robot(robot_cfg: dict, task: str | None = None) -> tuple[Robot, dict]:
+    """A driver and its safety block from a ``configs/robot/<name>.yaml`` mapping.
+
+    The ``sim`` driver gets ``task``; ``sim_pair`` names its two tasks by its ``pair``; other drivers
+    ignore it. Returns ``(driver, safety)``.
+    """
+    cfg = dict(robot_cfg)
+    driver = cfg.pop("driver", None)
+    if driver is None:
+        raise ValueError("robot config has no `driver` key (see configs/robot/)")
+    safety = cfg.pop("safety", None)
+    if safety is None:
+        raise ValueError(f"robot config for {driver!r} has no safety block: every robot needs one (see configs/robot/{driver}.yaml)")
+    if driver == "sim":
+        if not task:
+            raise ValueError("robot=sim needs task=<name> (e.g. task=metaworld/drawer-open)")
+        cfg["task"] = task
+    return make_robot(driver, **cfg), safety

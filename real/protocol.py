@@ -67,17 +67,24 @@ def decode(frames: list[bytes]) -> tuple[dict[str, Any], dict[str, Any] | None]:
         raise ValueError("empty message")
     try:
         header = json.loads(frames[0])
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise ValueError(f"header is not JSON: {err}") from None
+    except (UnicodeDecodeError, ValueError, RecursionError) as err:
+        raise ValueError(f"header is not JSON: {str(err)[:200]}") from None
     if not isinstance(header, dict):
         raise ValueError("header is not a JSON object")
     enc = header.pop("obs", None)
     if enc is None:
         return header, None
+    try:
+        return header, _decode_obs(enc, frames[1:])
+    except (KeyError, TypeError, AttributeError) as err:
+        raise ValueError(f"malformed observation in the reply ({type(err).__name__}: {err})") from None
+
+
+def _decode_obs(enc: dict[str, Any], frames: list[bytes]) -> dict[str, Any]:
     images = {}
-    if len(frames) - 1 != len(enc["images"]):
-        raise ValueError(f"observation names {len(enc['images'])} images but {len(frames) - 1} frames came")
-    for (name, h, w), raw in zip(enc["images"], frames[1:]):
+    if len(frames) != len(enc["images"]):
+        raise ValueError(f"observation names {len(enc['images'])} images but {len(frames)} frames came")
+    for (name, h, w), raw in zip(enc["images"], frames):
         if len(raw) != h * w * 3:
             raise ValueError(f"image {name!r}: {len(raw)} bytes for {h}x{w}x3")
         images[name] = np.frombuffer(raw, np.uint8).reshape(h, w, 3).copy()
@@ -86,7 +93,7 @@ def decode(frames: list[bytes]) -> tuple[dict[str, Any], dict[str, Any] | None]:
         obs["state"] = np.asarray(enc["state"], np.float32)
     if "t_robot" in enc:
         obs["t_robot"] = float(enc["t_robot"])
-    return header, obs
+    return obs
 
 
 def decode_request(frames: list[bytes], max_bytes: int) -> dict[str, Any]:
@@ -132,7 +139,7 @@ def check_request(header: dict[str, Any], action_dim: int) -> dict[str, Any]:
     server (their own reply codes) before this runs.
     """
     op = header.get("op")
-    if op not in ARGS:
+    if not isinstance(op, str) or op not in ARGS:
         raise ValueError(f"unknown op {_short(op)}: one of {OPS}")
     check_seq(header)
     token = header.get("token")

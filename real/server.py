@@ -34,7 +34,6 @@ import sys
 import threading
 import time
 from collections import deque
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +41,9 @@ import numpy as np
 
 from real import protocol
 from real.link import Link, bind_link
-from real.robot import GroundTruth, MultiTask, Robot
+from real.env import build_robot  # noqa: F401 - stepwise-deploy and tests import it from here
+from real.robot import Robot
+from real.server_ops import ServedOps
 from real.safety import SafeRobot, SafetyLimits
 
 log = logging.getLogger(__name__)
@@ -50,7 +51,7 @@ log = logging.getLogger(__name__)
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
-class RobotServer:
+class RobotServer(ServedOps):
     """Serves one driver to any number of clients (one robot: their commands interleave).
 
     Args:
@@ -244,8 +245,9 @@ class RobotServer:
 
         The queue is read again before each act, so acts that arrived while an earlier request (a
         slow homing, say) kept the robot busy supersede it even when they came in a later read.
-        Reading feeds the watchdog with each valid request; it is checked between requests, so a
-        flood of refused requests cannot hold it off.
+        Reading and answering each valid request feed the watchdog (a backlog of them is a live link,
+        not a silent one); it is checked between requests, and each read takes a bounded number of
+        messages, so a flood of refused requests cannot hold it off.
         """
         queue: deque[tuple[bytes, dict]] = deque()
         self._queued_acts = 0
@@ -259,15 +261,17 @@ class RobotServer:
                 if self._queued_acts > 0:
                     self.counts["superseded"] += 1
                     self._reply(ident, header, code="superseded", error="a newer command arrived; only the newest runs")
+                    self._feed()
                     continue
             self._handle(ident, header)
             self._feed()  # answered: the client could not have sent the next request before now
 
-    def _drain(self, queue: deque) -> None:
-        """Read every request waiting on the socket; admitted ones join ``queue``, others are answered."""
+    def _drain(self, queue: deque, most: int = 1000) -> None:
+        """Read the requests waiting on the socket (at most ``most``); admitted ones join ``queue``,
+        others are answered."""
         import zmq
 
-        while True:
+        for _ in range(most):
             try:
                 frames = self._socket.recv_multipart(zmq.NOBLOCK)
             except zmq.Again:
@@ -307,9 +311,11 @@ class RobotServer:
             return None
         try:
             header = protocol.check_request(header, self.robot.action_spec.dim)
-        except ValueError as err:
+        except Exception as err:  # noqa: BLE001 - ValueError by design; anything else is a schema bug, still refused
+            if not isinstance(err, ValueError):
+                log.exception("request check failed unexpectedly")
             self.counts["bad_request"] += 1
-            self._reply(ident, req, "bad_request", str(err))
+            self._reply(ident, req, "bad_request", str(err)[:300])
             return None
         self._feed()
         return header
@@ -331,102 +337,6 @@ class RobotServer:
             log.exception("robot error during %s", op)
             self._halt(f"robot error during {op}: {err}")
             self._reply(ident, req, "robot_error", f"{type(err).__name__}: {err}")
-
-    def _observe(self) -> dict:
-        obs = self.robot.observe()
-        obs.setdefault("t_robot", time.monotonic())
-        return obs
-
-    def _signals(self) -> dict | None:
-        return {k: float(v) for k, v in self.robot.task_signals().items()} if isinstance(self.robot, GroundTruth) else None
-
-    def _tasks(self) -> dict:
-        """What the robot is asked now: its task and instruction (all of them for a `MultiTask` robot)."""
-        if isinstance(self.robot, MultiTask):
-            i = int(self.robot.task_index)
-            return {"task": self.robot.tasks[i], "instruction": self.robot.instructions[i], "task_index": i,
-                    "tasks": list(self.robot.tasks), "instructions": list(self.robot.instructions)}
-        return {"task": self.task, "instruction": self.instruction}
-
-    def _op_hello(self, ident, req) -> None:
-        o, a = self.robot.observation_spec, self.robot.action_spec
-        self._reply(
-            ident, req, **self._tasks(), ground_truth=isinstance(self.robot, GroundTruth),
-            watchdog_ms=self.watchdog_s * 1000.0, armed=self.armed, curve=self.keys is not None,
-            safety={k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(self.robot.limits).items()},
-            observation_spec={"cameras": list(o.cameras), "image_size": list(o.image_size), "proprio_dim": o.proprio_dim,
-                              "state_dim": o.state_dim, "proprio_names": list(o.proprio_names)},
-            action_spec={"dim": a.dim, "names": list(a.names), "low": a.low, "high": a.high,
-                         "ee_step_m": a.ee_step_m, "control_hz": a.control_hz},
-        )
-
-    def _op_reset(self, ident, req) -> None:
-        seed = req.get("seed")
-        obs = self.robot.reset(seed=seed)
-        obs.setdefault("t_robot", time.monotonic())
-        if req.get("arm"):
-            self._arm()
-        self._reply(ident, req, obs=obs, signals=self._signals(), armed=self.armed)
-
-    def _arm(self) -> None:
-        self.armed, self.disarm_reason = True, ""
-        self._feed()
-
-    def _op_arm(self, ident, req) -> None:
-        self._arm()
-        self._reply(ident, req, armed=True)
-
-    def _op_stop(self, ident, req) -> None:
-        self._halt(f"stop requested by a client: {req.get('reason', '')}".rstrip(": "))
-        self._reply(ident, req, armed=False)
-
-    def _op_observe(self, ident, req) -> None:
-        self._reply(ident, req, obs=self._observe(), signals=self._signals())
-
-    def _op_stats(self, ident, req) -> None:
-        self._reply(ident, req, safety=self.robot.summary(), counts=self.counts, events=self.events[-20:], armed=self.armed,
-                    handshakes=self.handshakes)
-
-    def _op_select_task(self, ident, req) -> None:
-        if not isinstance(self.robot, MultiTask):
-            raise ValueError(f"this robot serves one task ({self.task}); select_task needs one set up for several "
-                             "(e.g. stepwise-robot-server robot=sim_pair)")
-        self.robot.select_task(req["index"])  # raises ValueError naming the served tasks for an index out of range
-        self._reply(ident, req, obs=self._observe(), signals=self._signals(), **self._tasks())
-
-    def _op_act(self, ident, req) -> None:
-        if not self.armed:
-            self.counts["refused_disarmed"] += 1
-            return self._reply(ident, req, "disarmed", f"robot is stopped ({self.disarm_reason}); re-arm it (robot.arm(), or reset with arm)")
-        self.counts["acts"] += 1
-        applied = self.robot.send_action(req["action"])  # float32 (A,), checked by protocol.check_request
-        obs = self._observe()
-        target = self.robot.last_target
-        self._reply(ident, req, obs=obs, applied=np.asarray(applied, np.float32).tolist(),
-                    events=list(self.robot.last_events), signals=self._signals(),
-                    target=None if target is None else target.tolist())
-
-
-def build_robot(robot_cfg: dict, task: str | None = None) -> tuple[Robot, dict]:
-    """A driver and its safety block from a ``configs/robot/<name>.yaml`` mapping.
-
-    The ``sim`` driver gets ``task``; ``sim_pair`` names its two tasks by its ``pair``; other drivers
-    ignore it. Returns ``(driver, safety)``.
-    """
-    from real.env import make_robot
-
-    cfg = dict(robot_cfg)
-    driver = cfg.pop("driver", None)
-    if driver is None:
-        raise ValueError("robot config has no `driver` key (see configs/robot/)")
-    safety = cfg.pop("safety", None)
-    if safety is None:
-        raise ValueError(f"robot config for {driver!r} has no safety block: every robot needs one (see configs/robot/{driver}.yaml)")
-    if driver == "sim":
-        if not task:
-            raise ValueError("robot=sim needs task=<name> (e.g. task=metaworld/drawer-open)")
-        cfg["task"] = task
-    return make_robot(driver, **cfg), safety
 
 
 def main() -> None:

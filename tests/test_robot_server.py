@@ -317,3 +317,101 @@ def test_server_cli_refuses_bad_settings(tmp_path):
     r = subprocess.run([exe, "robot=sim", f"task={TASK}", "host=0.0.0.0", "allow_remote=true", f"hydra.run.dir={tmp_path}"],
                        capture_output=True, text=True, cwd=ROOT)
     assert r.returncode == 2 and "keys init" in r.stderr
+
+
+def raw_client(port: int):
+    """A bare DEALER on the server (no RemoteRobot): for floods and frames a real client never sends."""
+    import zmq
+
+    sock = zmq.Context.instance().socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.connect(f"tcp://127.0.0.1:{port}")
+    return sock
+
+
+def test_a_flood_feeds_the_watchdog_and_its_newest_command_runs(server):
+    """10,000 commands sent as fast as the socket takes them: draining them takes longer than the
+    watchdog, but each one is a valid request that feeds it, so the robot stays armed and the newest
+    command runs (only it: the older ones are answered `superseded`)."""
+    import zmq
+
+    from real import protocol
+
+    sock = raw_client(server.port)
+    sock.send_multipart(protocol.encode({"v": 1, "seq": 0, "op": "reset", "seed": 0, "arm": True}))
+    assert sock.poll(10000)
+    assert protocol.decode(sock.recv_multipart())[0]["code"] == "ok"
+    n, codes, t0 = 10_000, {}, time.monotonic()
+
+    def read(block_ms=0):
+        while sock.poll(block_ms):
+            header, _ = protocol.decode(sock.recv_multipart())
+            codes[header["seq"]] = header["code"]
+            block_ms = 0
+
+    for seq in range(1, n + 1):
+        while True:  # never block on a full queue: read the replies meanwhile (a real client would)
+            try:
+                sock.send_multipart(protocol.encode({"v": 1, "seq": seq, "op": "act", "action": [0.1, 0, 0, 0]}), zmq.NOBLOCK)
+                break
+            except zmq.Again:
+                read(1)
+        if seq % 200 == 0:
+            read()
+    deadline = time.monotonic() + 20
+    while n not in codes and time.monotonic() < deadline:
+        read(100)
+    elapsed = time.monotonic() - t0
+    sock.close()
+    assert elapsed > 2 * server.watchdog_s  # the flood outlasted the watchdog...
+    assert codes[n] == "ok"  # ...and its newest command ran
+    assert not [e for e in server.events if e["reason"].startswith("watchdog")] and server.armed
+    assert server.counts["acts"] + server.counts["superseded"] == n and server.counts["refused_disarmed"] == 0
+    assert server.counts["superseded"] > n / 2
+    assert set(codes.values()) <= {"ok", "superseded"}
+
+
+def test_refused_requests_do_not_feed_the_watchdog_but_valid_ones_do():
+    """Garbage and wrong-token requests keep arriving, yet the watchdog stops the robot; a client that
+    only asks for stats (valid, authenticated) keeps the link alive."""
+    from real import protocol
+
+    srv = sim_server(cameras=(), token="s3cret", watchdog_ms=300)  # room for a loaded machine's stalls
+    try:
+        robot = remote_robot(port=srv.port, token="s3cret")
+        robot.reset(seed=0)
+        sock = raw_client(srv.port)
+        t_end = time.monotonic() + 4 * srv.watchdog_s
+        while time.monotonic() < t_end:  # the robot is armed; only refused requests arrive
+            sock.send(b"\x00garbage")
+            sock.send_multipart(protocol.encode({"v": 1, "seq": 1, "op": "stats", "token": "wrong"}))
+            time.sleep(0.005)
+        stops = [e for e in srv.events if e["reason"].startswith("watchdog")]
+        assert len(stops) == 1 and not srv.armed
+        assert srv.counts["bad_request"] > 10 and srv.counts["unauthorized"] > 10
+        robot.arm()
+        t_end = time.monotonic() + 4 * srv.watchdog_s
+        while time.monotonic() < t_end:  # valid requests every 20 ms: never a gap of 300 ms
+            robot.stats()
+            time.sleep(0.02)
+        assert len([e for e in srv.events if e["reason"].startswith("watchdog")]) == 1 and srv.armed
+        robot.send_action(np.zeros(4, np.float32))
+        sock.close()
+        robot.close()
+    finally:
+        srv.shutdown()
+
+
+def test_the_watchdog_defaults_to_three_control_periods():
+    class TwentyHz(SimRobot):
+        @property
+        def action_spec(self):
+            from dataclasses import replace
+
+            return replace(super().action_spec, control_hz=20.0)
+
+    assert RobotServer(TwentyHz(TASK, cameras=[]), SimRobot.DEFAULT_SAFETY, port=0).watchdog_s == pytest.approx(0.15)
+    assert RobotServer(SimRobot(TASK, cameras=[]), SimRobot.DEFAULT_SAFETY, port=0).watchdog_s == pytest.approx(0.10)  # 80 Hz: the floor
+    assert RobotServer(SimRobot(TASK, cameras=[]), SimRobot.DEFAULT_SAFETY, port=0, watchdog_ms=250).watchdog_s == 0.25
+    with pytest.raises(ValueError, match="watchdog_ms"):
+        RobotServer(SimRobot(TASK, cameras=[]), SimRobot.DEFAULT_SAFETY, port=0, watchdog_ms=float("nan"))
