@@ -16,8 +16,9 @@ encrypted and only clients whose public key is in ``<dir>/allowed`` get through 
 shared token travels in clear text and is a loopback convenience only. Every request is bounded and
 checked against its op's schema before anything acts on it (``real.protocol.check_request``).
 
-Watchdog: it measures the link. Each valid, authenticated request feeds it when it is read (and
-again when the server has answered it: a client waiting for a slow reply is not silent); while
+Watchdog: it measures the link to the client that armed the robot (the controller). Each of its
+valid, authenticated requests feeds it when it is read (and again when the server has answered it:
+a client waiting for a slow reply is not silent); other clients' requests never do; while
 armed, a gap of more than ``watchdog_ms`` makes the server call the driver's ``stop()`` (hold
 position) and disarm; ``act`` is refused with code ``disarmed`` until a client re-arms explicitly
 (``arm``, or a ``reset`` with ``arm``). A flood of commands feeds it too, so its newest command
@@ -114,7 +115,8 @@ class RobotServer(ServedOps):
         self.task, self.instruction = task, instruction
         self.armed = False
         self.disarm_reason = "not armed yet: reset with arm, or send arm"
-        self.last_request: float | None = None  # monotonic time of the last valid, authenticated request
+        self.last_request: float | None = None  # monotonic time of the controller's last valid, authenticated request
+        self.controller: bytes | None = None  # the connection that armed the robot: its requests feed the watchdog
         self.events: list[dict[str, Any]] = []  # watchdog stops and robot errors, with monotonic times
         self.counts = {"requests": 0, "acts": 0, "superseded": 0, "unauthorized": 0, "refused_disarmed": 0,
                        "bad_request": 0, "version": 0}
@@ -216,9 +218,11 @@ class RobotServer(ServedOps):
         self._link = self._socket = None
 
     # -- requests ----------------------------------------------------------------------------
-    def _feed(self) -> None:
-        """A valid, authenticated request was read or answered: the link is alive."""
-        self.last_request = time.monotonic()
+    def _feed(self, ident: bytes) -> None:
+        """A valid, authenticated request was read or answered: if it came from the client that armed
+        the robot, its link is alive (a dashboard polling ``stats`` keeps no dead controller's robot moving)."""
+        if ident == self.controller:
+            self.last_request = time.monotonic()
 
     def _check_watchdog(self) -> None:
         if not self.armed or self.last_request is None:
@@ -261,10 +265,10 @@ class RobotServer(ServedOps):
                 if self._queued_acts > 0:
                     self.counts["superseded"] += 1
                     self._reply(ident, header, code="superseded", error="a newer command arrived; only the newest runs")
-                    self._feed()
+                    self._feed(ident)
                     continue
             self._handle(ident, header)
-            self._feed()  # answered: the client could not have sent the next request before now
+            self._feed(ident)  # answered: the client could not have sent the next request before now
 
     def _drain(self, queue: deque, most: int = 1000) -> None:
         """Read the requests waiting on the socket (at most ``most``); admitted ones join ``queue``,
@@ -317,7 +321,7 @@ class RobotServer(ServedOps):
             self.counts["bad_request"] += 1
             self._reply(ident, req, "bad_request", str(err)[:300])
             return None
-        self._feed()
+        self._feed(ident)
         return header
 
     def _reply(self, ident: bytes, req: dict, code: str = "ok", error: str = "", obs=None, **results) -> None:

@@ -51,15 +51,16 @@ class ServedOps:
         obs = self.robot.reset(seed=seed)
         obs.setdefault("t_robot", time.monotonic())
         if req.get("arm"):
-            self._arm()
+            self._arm(ident)
         self._reply(ident, req, obs=obs, signals=self._signals(), armed=self.armed)
 
-    def _arm(self) -> None:
-        self.armed, self.disarm_reason = True, ""
-        self._feed()
+    def _arm(self, ident: bytes) -> None:
+        """Allow motion; the arming client becomes the one whose requests feed the watchdog."""
+        self.armed, self.disarm_reason, self.controller = True, "", ident
+        self._feed(ident)
 
     def _op_arm(self, ident, req) -> None:
-        self._arm()
+        self._arm(ident)
         self._reply(ident, req, armed=True)
 
     def _op_stop(self, ident, req) -> None:

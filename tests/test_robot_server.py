@@ -415,3 +415,23 @@ def test_the_watchdog_defaults_to_three_control_periods():
     assert RobotServer(SimRobot(TASK, cameras=[]), SimRobot.DEFAULT_SAFETY, port=0, watchdog_ms=250).watchdog_s == 0.25
     with pytest.raises(ValueError, match="watchdog_ms"):
         RobotServer(SimRobot(TASK, cameras=[]), SimRobot.DEFAULT_SAFETY, port=0, watchdog_ms=float("nan"))
+
+
+def test_only_the_arming_client_feeds_the_watchdog(server):
+    """A second client polling stats (a dashboard, say) does not keep a dead controller's robot moving."""
+    controller = remote_robot(port=server.port)
+    dashboard = remote_robot(port=server.port)
+    controller.reset(seed=0)  # arms: this connection is the controller
+    controller.send_action(np.zeros(4, np.float32))
+    t_end = time.monotonic() + 5 * server.watchdog_s
+    while time.monotonic() < t_end:  # the controller falls silent; the dashboard keeps asking
+        dashboard.stats()
+        time.sleep(0.01)
+    assert [e for e in server.events if e["reason"].startswith("watchdog")] and not server.armed
+    with pytest.raises(RobotStopped):
+        controller.send_action(np.zeros(4, np.float32))
+    dashboard.arm()  # arming hands the watchdog to the dashboard's connection
+    dashboard.send_action(np.zeros(4, np.float32))
+    controller.close()  # its close sends stop: any client may stop the robot
+    assert not server.armed
+    dashboard.close()
