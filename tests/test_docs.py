@@ -4,7 +4,7 @@
   fence says ```python no-run is shown, not run.
 - Every ``stepwise-*`` command named in a code block or inline code is a console script of
   pyproject.toml, and its ``key=value`` overrides compose against that script's Hydra config
-  (a renamed or removed key fails here). Values with placeholders (``<run>``, ``...``) are skipped.
+  (a renamed or removed key fails here); a sweep (``-m``, ``seed=0,1,2``) composes as its first job. Values with placeholders (``<run>``, ``...``) are skipped.
 - Every relative link resolves to a file of the repository, and every repository path named in
   inline code (``sim/keyframes.py``, ``benchmarks/learning.py``) exists.
 - The README is a front page (at most 260 lines) whose first commands are the two the project
@@ -36,7 +36,7 @@ SCRIPT_CONFIGS = {
     "stepwise-failures": "failures",
 }
 COMMAND = re.compile(r"(?:\.venv/bin/)?(stepwise-[a-z]+(?:-[a-z]+)*)\b((?:[ \t]+[^\s`|;&#]+)*)")
-OVERRIDE = re.compile(r"^[A-Za-z_][\w.]*=\S*$")
+OVERRIDE = re.compile(r"^[A-Za-z_][\w./]*=\S*$")  # key=value, group/option=value (hydra/launcher=cluster)
 PLACEHOLDER = re.compile(r"[<>]|\.\.\.|^\w+=[A-Z]+$")
 LINK = re.compile(r"\]\(([^)\s]+)\)")
 REPO_PATH = re.compile(r"^(?:episodes|sim|reward_models|real|policies|configs|benchmarks|scripts|tests|docs)/[\w./-]*$")
@@ -75,6 +75,8 @@ def commands() -> list[tuple[str, int, str, list[str]]]:
             for seg in [line] if code else re.findall(r"`([^`]+)`", line):
                 for m in COMMAND.finditer(seg.split("#")[0]):
                     args = [a for a in m.group(2).split() if OVERRIDE.match(a)]
+                    if {"-m", "--multirun"} & set(m.group(2).split()):  # a sweep composes as its first job
+                        args = [a.split(",")[0] if "[" not in a else a for a in args]
                     found.append((page.name, i, m.group(1), args))
     return found
 
