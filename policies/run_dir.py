@@ -1,9 +1,20 @@
-"""A learning run's directory: the resume guard, atomic checkpoints that name their kind, and
-stepwise-train's checkpoint (agent, online replay with the image policy's sidecar file, counters,
-random states) and its restore into a fresh learner."""
+"""A learning run's directory: the resume guard, atomic checksummed checkpoints that name their
+kind, and stepwise-train's checkpoint (agent, online replay with the image policy's sidecar file,
+counters, random states) and its restore into a fresh learner.
+
+A checkpoint is a plain ``torch.save`` file (``torch.load`` reads it) written to a temporary file,
+fsynced, renamed over the old one and the directory fsynced: a kill at any instant leaves the old
+checkpoint or the new one, never a mix. Its sha256 sits beside it in ``<name>.sha256``, written first
+and listing the new digest and the current file's, so the pair is consistent at every instant; a file
+damaged later (a truncated copy, a bad disk) fails the check on load with the fix instead of loading
+garbage. The image policy's replay file is checksummed in the checkpoint that names it. Checkpoints
+from before the checksum (no ``.sha256``) load unverified.
+"""
 
 from __future__ import annotations
 
+import hashlib
+import io
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,17 +40,65 @@ def existing_checkpoint(run: Path, resume: bool, error: type[Exception]) -> Path
     return path
 
 
+def write_durably(path: Path, write) -> None:
+    """``write(tmp_path)``, fsync, rename over ``path``, fsync the directory: all or nothing, even on power loss."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    write(tmp)
+    with open(tmp, "rb+") as f:
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def file_sha256(path: Path) -> str:
+    """The sha256 hex digest of a file, read in 1 MiB blocks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(2**20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def checksum_path(path: Path) -> Path:
+    """Where the checksum of the checkpoint ``path`` is kept: ``<name>.sha256`` beside it."""
+    return Path(path).with_name(Path(path).name + ".sha256")
+
+
 def save_atomic(payload: dict, path: Path) -> None:
-    """``torch.save`` to a temporary file, then rename: a kill never leaves half a checkpoint."""
-    tmp = Path(path).with_suffix(".tmp")
-    torch.save(payload, tmp)
-    tmp.replace(path)
+    """``torch.save`` written durably (:func:`write_durably`) with its sha256 beside it: a kill never
+    leaves half a checkpoint, and damage later fails the check on load."""
+    path = Path(path)
+    buf = io.BytesIO()
+    torch.save(payload, buf)
+    body = buf.getvalue()
+    digests = [hashlib.sha256(body).hexdigest()]
+    if path.exists():  # until the rename below, the file on disk is the old one: both digests are valid
+        digests.append(file_sha256(path))
+    write_durably(checksum_path(path), lambda tmp: Path(tmp).write_text("\n".join(digests) + "\n"))
+    write_durably(path, lambda tmp: Path(tmp).write_bytes(body))
+
+
+def load_verified(path: Path, error: type[Exception]):
+    """``torch.load`` of a checkpoint whose sha256 its ``.sha256`` file lists (without one: unverified)."""
+    raw = Path(path).read_bytes()
+    sums = checksum_path(path)
+    if sums.exists() and hashlib.sha256(raw).hexdigest() not in sums.read_text().split():
+        raise error(f"checkpoint {path} fails its checksum ({sums.name}): it was truncated or damaged after it was "
+                    "written; restore it from a copy, or delete it (and its .sha256) to start the run over")
+    return torch.load(io.BytesIO(raw), map_location="cpu", weights_only=False)
 
 
 def read_checkpoint(path: Path, kind: str, error: type[Exception]) -> dict:
-    """A checkpoint written with ``kind``; unreadable files and other kinds raise ``error`` with the fix."""
+    """A checkpoint written with ``kind``; unreadable or damaged files and other kinds raise ``error`` with the fix."""
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+        ckpt = load_verified(path, error)
+    except error:
+        raise
     except Exception as err:  # truncated or not a torch file
         raise error(f"checkpoint {path} cannot be read ({err}); delete it to start over") from err
     if not isinstance(ckpt, dict) or ckpt.get("kind") != kind:
@@ -87,9 +146,10 @@ def save_checkpoint(path: Path, agent, online, state: RunState, rng: np.random.G
         replay_file = f"{REPLAY_PREFIX}{state.episode}.npz"
         tmp_replay = path.parent / f"{REPLAY_PREFIX}{state.episode}.tmp.npz"  # numpy appends .npz to other names
         online.save(tmp_replay)
-        os.replace(tmp_replay, path.parent / replay_file)
+        write_durably(path.parent / replay_file, lambda tmp: os.replace(tmp_replay, tmp))
         payload.update(replay=None, replay_file=replay_file, replay_size=len(online),
-                       replay_bytes=(path.parent / replay_file).stat().st_size)
+                       replay_bytes=(path.parent / replay_file).stat().st_size,
+                       replay_sha256=file_sha256(path.parent / replay_file))
     else:
         payload["replay"] = online.rows()
     save_atomic(payload, path)
@@ -107,6 +167,9 @@ def load_online_images(run: Path, ckpt: dict):
     if not path.exists():
         raise TrainConfigError(f"{path}, the online replay of {run / 'checkpoint.pt'}, is missing: restore it, "
                                "or delete checkpoint.pt to start the run over")
+    if ckpt.get("replay_sha256") and file_sha256(path) != ckpt["replay_sha256"]:
+        raise TrainConfigError(f"{path} fails the checksum {run / 'checkpoint.pt'} recorded for it (damaged after it was "
+                               "written): restore it, or delete checkpoint.pt to start the run over")
     try:
         online = ImageReplayBuffer.load(path)
     except Exception as err:  # truncated or not written by ImageReplayBuffer.save
