@@ -1,7 +1,12 @@
-"""Load a trained policy for `stepwise-deploy` behind the small `Policy` protocol of ``real.deploy``.
+"""Save and load a trained policy for `stepwise-deploy` behind the small `Policy` protocol of ``real.deploy``.
 
 ``real`` never imports ``policies``: the deploy config names this loader (``policy_loader``) and
 the deploy loop only calls ``act(observation) -> action``.
+
+A policy is a directory in the hub's layout (``reward_models.hub``): ``config.json`` (kind, task,
+policy kind, cameras, and the JSON skeleton of the agent's state) and ``model.safetensors`` (its
+tensors). Loading one never unpickles anything; an older ``policy.pt`` still loads through torch's
+restricted unpickler (``weights_only=True``: no code runs) with a deprecation warning.
 """
 
 from __future__ import annotations
@@ -62,27 +67,74 @@ class TrainedPolicy:
         return self.agent.act(observation["state"], deterministic=True)
 
 
+POLICY_DIR = "policy"
+KIND = "stepwise-policy"
+
+
+def save_policy(directory: str | Path, payload: Mapping[str, Any]) -> Path:
+    """Write ``payload`` (``kind``, ``task``, ``policy``, ..., and ``agent``: the agent's ``state_dict()``)
+    as ``directory/config.json`` + ``directory/model.safetensors``; returns the directory."""
+    from reward_models.hub import save_tree
+
+    meta = {k: v for k, v in payload.items() if k != "agent"}
+    return save_tree(directory, {"agent": payload["agent"]}, meta={**meta, "format": 1})
+
+
+def _read_policy(p: Path) -> dict:
+    """The payload of a policy directory or an old ``policy.pt`` (restricted unpickler, deprecated)."""
+    from reward_models.hub import HubError, load_tree
+
+    if p.is_dir():
+        import json
+
+        try:
+            kind = json.loads((p / "config.json").read_text()).get("kind")
+        except (OSError, ValueError, AttributeError) as err:
+            raise PolicyLoadError(f"{p}/config.json cannot be read ({err}): is it a complete policy directory?") from None
+        if kind != KIND:
+            raise PolicyLoadError(f"{p} is not a stepwise-train policy (kind {kind!r}): pass the policy directory of a finished run")
+        try:
+            tree, meta = load_tree(p)
+        except (HubError, FileNotFoundError, ValueError) as err:
+            raise PolicyLoadError(f"{p} cannot be read ({err}): is it a complete policy directory?") from None
+        return {**meta, **tree}
+    import warnings
+
+    import torch
+
+    warnings.warn(f"{p} is a pickled policy (deprecated): load it once and save it with "
+                  "policies.deploy.save_policy, or re-run stepwise-train, to get a safetensors policy directory",
+                  DeprecationWarning, stacklevel=3)
+    try:
+        return torch.load(p, map_location="cpu", weights_only=True)  # tensors and plain values only: no code runs
+    except Exception as err:  # truncated, not a torch file, or a pickle that wants to run code
+        raise PolicyLoadError(f"{p} cannot be read as plain tensors and values ({err}): is it a complete policy.pt?") from None
+
+
 def load_policy(path: str | Path, task: str | None = None, device: str = "cpu") -> TrainedPolicy:
-    """A `stepwise-train` policy from ``policy.pt`` or the run directory holding it.
+    """A `stepwise-train` policy from its directory (``config.json`` + ``model.safetensors``), the
+    run directory holding it (``<run>/policy/``), an old ``policy.pt``, or ``hf://<org>/<name>``.
 
     Raises :class:`PolicyLoadError` for a missing/corrupt file, another kind of file, or a policy
     of another task than ``task``.
     """
-    import torch
+    from reward_models.hub import HubError, is_hub_ref, resolve
 
+    if is_hub_ref(path):
+        try:
+            path = resolve(path)
+        except HubError as err:
+            raise PolicyLoadError(str(err)) from None
     p = Path(path)
-    if p.is_dir():
-        p = p / "policy.pt"
+    if p.is_dir() and not (p / "config.json").exists():
+        p = p / POLICY_DIR if (p / POLICY_DIR).is_dir() else p / "policy.pt"
     if not p.exists():
-        hint = " (a run writes policy.pt when it finishes; an unfinished run has only checkpoint.pt)" if (p.parent / "checkpoint.pt").exists() else ""
-        raise PolicyLoadError(f"no policy at {p}{hint}: pass policy=<run dir or policy.pt of a finished stepwise-train run>")
-    try:
-        payload = torch.load(p, map_location="cpu", weights_only=False)
-    except Exception as err:  # truncated or not a torch file
-        raise PolicyLoadError(f"{p} cannot be read ({err}): is it a complete policy.pt?") from None
-    if not isinstance(payload, dict) or payload.get("kind") != "stepwise-policy":
+        hint = " (a run writes policy/ when it finishes; an unfinished run has only checkpoint.pt)" if (p.parent / "checkpoint.pt").exists() else ""
+        raise PolicyLoadError(f"no policy at {p}{hint}: pass policy=<run dir or policy dir of a finished stepwise-train run>")
+    payload = _read_policy(p)
+    if not isinstance(payload, dict) or payload.get("kind") != KIND:
         kind = payload.get("kind") if isinstance(payload, dict) else type(payload).__name__
-        raise PolicyLoadError(f"{p} is not a stepwise-train policy (kind {kind!r}): pass the policy.pt of a finished run")
+        raise PolicyLoadError(f"{p} is not a stepwise-train policy (kind {kind!r}): pass the policy directory of a finished run")
     if task is not None and payload["task"] != task:
         raise PolicyLoadError(f"{p} was trained on {payload['task']}, not {task}: pass task={payload['task']} or another policy")
     return TrainedPolicy(payload, device=device)

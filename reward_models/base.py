@@ -2,8 +2,10 @@
 
 ``progress(frames, instruction, reference=None) -> (T,)`` in [0, 1] and ``success_prob(...)``
 with the same arguments, where ``frames`` maps camera name to uint8 (T, H, W, 3). Batched and
-without gradients. A checkpoint is a directory holding ``config.json`` (model kind, format
-version and the config that built it) and the weights; :func:`load` reads any registered kind.
+without gradients. A checkpoint is a directory in the Hugging Face hub's layout: ``config.json``
+(model kind, format version and the config that built it) and ``model.safetensors`` (no pickles:
+see :mod:`reward_models.hub`); :func:`load` reads any registered kind from a directory, a shipped
+name or ``hf://<org>/<name>`` through huggingface_hub's cache.
 """
 
 from __future__ import annotations
@@ -148,15 +150,32 @@ class RewardModel(abc.ABC):
         """Rebuild the model from ``config`` and the weights in ``directory``."""
 
     def save(self, directory: str | Path) -> Path:
-        """Write a checkpoint directory (weights + ``config.json``); returns its path."""
+        """Write a checkpoint directory (``model.safetensors`` + ``config.json``); returns its path."""
+        from reward_models.hub import LEGACY_WEIGHTS
+
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         self._save_weights(directory)
+        (directory / LEGACY_WEIGHTS).unlink(missing_ok=True)  # an old pickle must not outlive its replacement
         meta = {"kind": self.kind, "version": self.version, "config": self.config()}
         tmp = directory / "config.json.tmp"
         tmp.write_text(json.dumps(meta, indent=2))
         tmp.replace(directory / "config.json")  # the config lands last: a checkpoint is whole or absent
         return directory
+
+    def save_pretrained(self, save_directory: str | Path) -> Path:
+        """``save`` under the name Hugging Face's libraries use: the directory uploads to the hub as it is."""
+        return self.save(save_directory)
+
+    def push_to_hub(self, repo_id: str, commit_message: str = "Upload Stepwise reward model", private: bool = False) -> str:
+        """Save to a temporary directory and upload it to ``repo_id`` (needs a hub token); load it back
+        anywhere with ``reward_models.load("hf://<repo_id>")``."""
+        import tempfile
+
+        from reward_models.hub import push_to_hub
+
+        with tempfile.TemporaryDirectory() as tmp:
+            return push_to_hub(self.save(tmp), repo_id, commit_message=commit_message, private=private)
 
 
 class DataclassConfigModel(RewardModel):
@@ -181,27 +200,42 @@ class DataclassConfigModel(RewardModel):
 
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self.cfg).items()}
 
+    def save_net_weights(self, directory: Path) -> None:
+        """Write ``self.net``'s state dict as ``directory/model.safetensors``."""
+        from reward_models.hub import WEIGHTS_NAME, save_state_dict
+
+        save_state_dict(self.net.state_dict(), directory / WEIGHTS_NAME)
+
     def load_net_weights(self, directory: Path) -> None:
-        """Load ``directory/weights.pt`` into ``self.net`` (on ``self.device``), with a CheckpointError
-        naming the file and the fix when it is missing, damaged, or for another configuration."""
-        import torch
+        """Load ``directory/model.safetensors`` (or a deprecated ``weights.pt``, with a warning) into
+        ``self.net`` (on ``self.device``), with a CheckpointError naming the file and the fix when it is
+        missing, damaged, or for another configuration."""
+        from reward_models.hub import load_state_dict
 
         try:
-            state = torch.load(directory / "weights.pt", map_location=self.device, weights_only=True)
-            self.net.load_state_dict(state)
+            self.net.load_state_dict(load_state_dict(directory, device=self.device))
         except FileNotFoundError as err:
-            raise CheckpointError(f"{directory} has no weights.pt: re-save or re-train the model") from err
+            raise CheckpointError(str(err)) from err
         except Exception as err:  # torch raises many kinds on a damaged or foreign file
-            raise CheckpointError(f"{directory}/weights.pt does not fit this config or is damaged: {err}") from err
+            raise CheckpointError(f"{directory}: the weights do not fit this config or are damaged: {err}") from err
 
 
 def load(path_or_name: str | Path, device: str | None = None) -> RewardModel:
-    """Load a reward model from a checkpoint directory or a shipped name (``"general"``).
+    """Load a reward model from a checkpoint directory, a shipped name (``"general"``) or
+    ``hf://<org>/<name>[/<subfolder>][@<revision>]`` (huggingface_hub's cache; ``HF_HUB_OFFLINE=1``
+    reads only the cache). Weights load from safetensors: no code in a checkpoint ever runs.
 
     Raises:
         CheckpointError: naming the path and what is wrong (missing, damaged, unknown kind, or a
             version this code cannot read).
     """
+    from reward_models.hub import HubError, is_hub_ref, resolve
+
+    if is_hub_ref(path_or_name):
+        try:
+            path_or_name = resolve(path_or_name)
+        except HubError as err:
+            raise CheckpointError(str(err)) from err
     path = Path(path_or_name)
     if not path.exists() and (CHECKPOINT_DIR / str(path_or_name)).exists():
         path = CHECKPOINT_DIR / str(path_or_name)

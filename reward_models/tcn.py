@@ -42,8 +42,8 @@ Each view is augmented apart: random shift (``shift_pad`` pixels) and colour jit
 
 Checkpoint (a directory; format version :data:`FORMAT_VERSION`):
 ``config.json`` = ``{"kind": "tcn", "version": 1, "config": TCNConfig fields, "training": {the
-train config, steps, loss curve summary, data}}`` and ``weights.pt`` = the ``TCNNet`` state dict
-(``torch.save``; projection head included). A directory of another kind or version is refused with
+train config, steps, loss curve summary, data}}`` and ``model.safetensors`` = the ``TCNNet`` state
+dict (projection head included; an older ``weights.pt`` still loads, deprecated). A directory of another kind or version is refused with
 :class:`reward_models.base.CheckpointError`. Training also leaves ``trainer_state.pt`` (resume) and
 ``tb/`` (TensorBoard) in ``out``; the shipped checkpoint keeps neither.
 
@@ -168,10 +168,13 @@ class TCNNet(nn.Module):
 
 
 def save_checkpoint(net: TCNNet, directory: str | Path, training: dict | None = None) -> Path:
-    """Write ``weights.pt`` then ``config.json`` (last: a checkpoint is whole or absent)."""
+    """Write ``model.safetensors`` then ``config.json`` (last: a checkpoint is whole or absent)."""
+    from reward_models.hub import LEGACY_WEIGHTS, WEIGHTS_NAME, save_state_dict
+
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    torch.save({k: v.detach().cpu() for k, v in net.state_dict().items()}, directory / "weights.pt")
+    save_state_dict(net.state_dict(), directory / WEIGHTS_NAME)
+    (directory / LEGACY_WEIGHTS).unlink(missing_ok=True)
     cfg = {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(net.cfg).items()}
     meta = {"kind": KIND, "version": FORMAT_VERSION, "config": cfg, "training": training or {}}
     tmp = directory / "config.json.tmp"
@@ -206,13 +209,15 @@ def load_checkpoint(directory: str | Path, device: str | torch.device = "cpu") -
     if version != FORMAT_VERSION:
         raise CheckpointError(f"{directory} is a TCN checkpoint of format version {version}; this code reads "
                               f"version {FORMAT_VERSION}. Re-train it with this version.")
+    from reward_models.hub import load_state_dict
+
     try:
         net = TCNNet(TCNConfig(**config))
-        net.load_state_dict(torch.load(directory / "weights.pt", map_location="cpu", weights_only=True))
+        net.load_state_dict(load_state_dict(directory))
     except FileNotFoundError as err:
-        raise CheckpointError(f"{directory} has no weights.pt: re-train the TCN") from err
+        raise CheckpointError(f"{err}: re-train the TCN") from err
     except Exception as err:  # torch raises many kinds on a damaged or foreign file
-        raise CheckpointError(f"{directory}/weights.pt does not fit its config.json or is damaged: {err}") from err
+        raise CheckpointError(f"{directory}: the weights do not fit its config.json or are damaged: {err}") from err
     return net.to(device).eval(), meta
 
 

@@ -16,6 +16,7 @@ import torch
 
 from reward_models.distributed import load_state
 from reward_models.base import CheckpointError
+from reward_models.hub import load_state_dict as load_weights
 from reward_models.encoders import ENCODERS, WeightsUnavailableError, build_encoder
 from reward_models.tcn import DEFAULT_CHECKPOINT, load_checkpoint
 from reward_models.tcn_eval import time_gap_correlation
@@ -215,10 +216,9 @@ def test_tcn_resume_continues_exactly(tiny_store, tmp_path):
     train_tcn(tiny_store, tmp_path / "straight", cfg)
     train_tcn(tiny_store, tmp_path / "resumed", cfg, stop_after=6)  # as if killed after step 6
     assert load_state(tmp_path / "resumed" / "trainer_state.pt")["step"] == 6
-    assert not (tmp_path / "resumed" / "weights.pt").exists()
+    assert not (tmp_path / "resumed" / "model.safetensors").exists()
     train_tcn(tiny_store, tmp_path / "resumed", cfg)
-    a = torch.load(tmp_path / "straight" / "weights.pt", weights_only=True)
-    b = torch.load(tmp_path / "resumed" / "weights.pt", weights_only=True)
+    a, b = load_weights(tmp_path / "straight"), load_weights(tmp_path / "resumed")  # model.safetensors
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert list((tmp_path / "resumed" / "tb").glob("events.out.tfevents*"))  # TensorBoard loss log
 
@@ -253,7 +253,7 @@ def test_tcn_settings_and_the_cli_config(tiny_store, tmp_path):
     assert TCNTrainConfig.from_mapping(OmegaConf.to_container(cfg.reward)).channels == (16, 32, 64, 64)  # tcn.yaml parses
     enc = train_from_config(cfg)
     assert enc.kind == "tcn" and enc.meta["training"]["steps_done"] == 3
-    assert (tmp_path / "cli" / "config.json").exists() and (tmp_path / "cli" / "weights.pt").exists()
+    assert (tmp_path / "cli" / "config.json").exists() and (tmp_path / "cli" / "model.safetensors").exists()
 
 
 def test_tcn_refuses_checkpoints_of_another_kind_or_version(tmp_path):
@@ -266,7 +266,7 @@ def test_tcn_refuses_checkpoints_of_another_kind_or_version(tmp_path):
     with pytest.raises(CheckpointError, match="format version 99"):
         build_encoder("tcn", checkpoint=str(other))
     (other / "config.json").write_text(json.dumps({"kind": "tcn", "version": 1, "config": {}}))
-    with pytest.raises(CheckpointError, match="no weights.pt"):
+    with pytest.raises(CheckpointError, match="no model.safetensors"):
         build_encoder("tcn", checkpoint=str(other))
     with pytest.raises(FileNotFoundError, match="stepwise-train-rm reward=tcn"):
         build_encoder("tcn", checkpoint=str(tmp_path / "absent"))

@@ -254,7 +254,7 @@ def test_bad_checkpoints_are_clear_errors(tmp_path):
         reward_models.load(other)
     with pytest.raises(CheckpointError, match="no reward-model checkpoint"):
         reward_models.load(tmp_path / "missing")
-    (path / "weights.pt").write_bytes(b"truncated")
+    (path / "model.safetensors").write_bytes(b"truncated")
     with pytest.raises(CheckpointError, match="weights"):
         reward_models.load(path)
 

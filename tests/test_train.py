@@ -16,6 +16,7 @@ from hydra import compose, initialize_config_dir
 from policies.config import CONFIG_DIR, TrainConfigError, check_config
 from policies.jobs.train import run
 from reward_models.base import CheckpointError
+from reward_models.hub import load_tree
 from sim.tasks import UnknownTaskError
 
 # a tiny job: one demo, no camera-based reward, short episodes
@@ -116,7 +117,8 @@ def test_image_policy_job_never_sees_the_state_and_resumes(tmp_path, monkeypatch
     assert replay_before.images.shape[1:] == (3, 16, 16, 3)
     assert np.all(replay_before.mc_return[replay_before.valid] > -np.inf)  # Cal-QL's bound on every online row
     # the final policy loads as an ImageSAC over the recorded cameras and size
-    policy = torch.load(out / "policy.pt", weights_only=False)
+    tree, meta = load_tree(out / "policy")  # config.json + model.safetensors, no pickle
+    policy = {**meta, **tree}
     assert policy["policy"] == "image" and policy["obs_key"] == "images+proprio" and policy["image_size"] == [16, 16]
     agent = ImageSAC.from_state_dict(policy["agent"], device="cpu")
     assert agent.cameras == policy["cameras"] == ["corner", "corner2", "gripperPOV"]

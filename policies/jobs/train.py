@@ -39,6 +39,7 @@ import torch
 
 from policies.agents import make_learner
 from policies.config import TrainConfigError, check_config, offline_threads
+from policies.deploy import POLICY_DIR, save_policy
 from policies.episode import add_to_replay, demo_records, state_view
 from policies.loop import episode_row, evaluate, run_episode
 from policies.pretrain import anneal_bc, bc_warm_start, calql_pretrain, start_online
@@ -212,7 +213,7 @@ def run(cfg, run_dir: str | Path) -> dict:
               "agent": agent.state_dict()}
     if image_policy:  # load with ImageSAC.from_state_dict; frames rendered at render_size, resized to image_size
         policy.update(obs_key="images+proprio", **seen)
-    torch.save(policy, run / "policy.pt")
+    save_policy(run / POLICY_DIR, policy)  # config.json + model.safetensors: loads without unpickling
     writer.close()
     env.close()
     eval_env.close()

@@ -161,7 +161,7 @@ class VLMSuccessClassifier(DataclassConfigModel):
     # --- RewardModel plumbing --------------------------------------------------------------
 
     def _save_weights(self, directory: Path) -> None:
-        torch.save(self.net.state_dict(), directory / "weights.pt")
+        self.save_net_weights(directory)
 
     @classmethod
     def _from_checkpoint(cls, directory: Path, config: dict, device: str | None) -> "VLMSuccessClassifier":
