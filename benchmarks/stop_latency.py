@@ -143,8 +143,10 @@ def write(r: dict, out: Path) -> None:
         a, k = c["last_request_to_stop"], c["kill_to_stop"]
         lines.append(f"| {label} | {a['n']} | {a['p50']:.1f} / {a['p99']:.1f} / {a['max']:.1f} | {k['p50']:.1f} / {k['p99']:.1f} / "
                      f"{k['max']:.1f} | {'yes' if a['p99'] <= w + 50 else 'NO'} |")
-    lines += ["", "Kill -> stop is shorter than the watchdog because the client's last request comes up to one "
-              "period (50 ms, plus the step's own time) before the kill.", ""]
+    lines += ["", "The watchdog counts from when the server READ the controller's last request. Kill -> stop is "
+              "shorter than the watchdog when that request came up to one period (50 ms plus the step) before the kill, "
+              "and longer when a loaded server read it late (its clock starts at the read, so a request sent just "
+              "before the kill but read 50 ms later holds the robot 50 ms longer).", ""]
     out.write_text("\n".join(lines))
     print(f"wrote {out}")
 
