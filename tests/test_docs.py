@@ -34,6 +34,8 @@ SCRIPT_CONFIGS = {
     "stepwise-robot-server": "robot_server",
     "stepwise-deploy": "deploy",
     "stepwise-failures": "failures",
+    "stepwise-import": "import_data",
+    "stepwise-export": "export_data",
 }
 COMMAND = re.compile(r"(?:\.venv/bin/)?(stepwise-[a-z]+(?:-[a-z]+)*)\b((?:[ \t]+[^\s`|;&#]+)*)")
 OVERRIDE = re.compile(r"^[A-Za-z_][\w./]*=\S*$")  # key=value, group/option=value (hydra/launcher=cluster)

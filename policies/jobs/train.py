@@ -209,8 +209,7 @@ def run(cfg, run_dir: str | Path) -> dict:
     seen = ({"cameras": view.cameras, "image_size": list(view.image_size), "render_size": rig.render_size}
             if image_policy else None)
     report = write_train_report(run, cfg, state, final, demo_terms, seen)
-    policy = {"kind": "stepwise-policy", "task": cfg.task, "policy": cfg.policy, "obs_key": "state",
-              "agent": agent.state_dict()}
+    policy = {"kind": "stepwise-policy", "task": cfg.task, "policy": cfg.policy, "obs_key": "state", "agent": agent.state_dict()}
     if image_policy:  # load with ImageSAC.from_state_dict; frames rendered at render_size, resized to image_size
         policy.update(obs_key="images+proprio", **seen)
     save_policy(run / POLICY_DIR, policy)  # config.json + model.safetensors: loads without unpickling
