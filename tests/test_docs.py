@@ -36,6 +36,7 @@ SCRIPT_CONFIGS = {
     "stepwise-failures": "failures",
     "stepwise-import": "import_data",
     "stepwise-export": "export_data",
+    "stepwise-score": "score",
 }
 COMMAND = re.compile(r"(?:\.venv/bin/)?(stepwise-[a-z]+(?:-[a-z]+)*)\b((?:[ \t]+[^\s`|;&#]+)*)")
 OVERRIDE = re.compile(r"^[A-Za-z_][\w./]*=\S*$")  # key=value, group/option=value (hydra/launcher=cluster)
