@@ -61,6 +61,7 @@ class EvalSettings:
     every: int = MISSING
     episodes: int = MISSING
     final_episodes: int = MISSING
+    workers: int = 1
 
 
 @dataclass
@@ -196,8 +197,8 @@ def check_config(cfg):
         raise TrainConfigError(f"online.updates_per_step={cfg.online.updates_per_step}: must be >= 0")
     if cfg.online.episodes < 0 or cfg.online.max_steps < 1:
         raise TrainConfigError("online.episodes must be >= 0 and online.max_steps >= 1")
-    if cfg.eval.every < 1 or cfg.eval.episodes < 1 or cfg.eval.final_episodes < 1:
-        raise TrainConfigError("eval.every, eval.episodes and eval.final_episodes must be >= 1")
+    if cfg.eval.every < 1 or cfg.eval.episodes < 1 or cfg.eval.final_episodes < 1 or cfg.eval.get("workers", 1) < 1:
+        raise TrainConfigError("eval.every, eval.episodes, eval.final_episodes and eval.workers must be >= 1")
     if cfg.reward.kind not in REWARD_KINDS:
         raise TrainConfigError(f"reward={cfg.reward.kind}: stepwise-train shapes with one of {REWARD_KINDS}")
     if cfg.reward.kind == "vlm_success" and (cfg.reward.source != "success_prob" or not cfg.reward.success_model):

@@ -14,19 +14,60 @@ from policies.rewards import is_hacking
 
 def evaluate(agent, env, seeds: list[int], observe: Callable[[Mapping], Any] = state_view) -> dict:
     """Deterministic episodes on ``env`` (eval split): success rate and lengths. ``observe``: env
-    observation -> the policy's input (`state_view`, or the image policy's `PolicyView`)."""
-    successes, lengths = [], []
-    for s in seeds:
-        obs, _ = env.reset(seed=int(s))
-        done, steps, success = False, 0, False
-        while not done:
-            obs, _, term, trunc, info = env.step(agent.act(observe(obs), deterministic=True))
-            steps += 1
-            success = success or bool(info["sim/success"])
-            done = term or trunc
-        successes.append(success)
-        lengths.append(steps)
+    observation -> the policy's input (`state_view`, or the image policy's `PolicyView`).
+
+    ``env`` may be a gymnasium vector env (``eval.workers`` > 1: `real.make_vec_env`): its N copies
+    then play N of the seeds at a time, each episode reset with its own seed and acted on alone,
+    so the result is the same for any N."""
+    import gymnasium as gym
+
+    if isinstance(env, gym.vector.VectorEnv):
+        successes, lengths = _evaluate_vector(agent, env, seeds, observe)
+    else:
+        successes, lengths = [], []
+        for s in seeds:
+            obs, _ = env.reset(seed=int(s))
+            done, steps, success = False, 0, False
+            while not done:
+                obs, _, term, trunc, info = env.step(agent.act(observe(obs), deterministic=True))
+                steps += 1
+                success = success or bool(info["sim/success"])
+                done = term or trunc
+            successes.append(success)
+            lengths.append(steps)
     return {"success_rate": float(np.mean(successes)), "episodes": len(seeds), "mean_length": float(np.mean(lengths))}
+
+
+def _row(tree, i: int):
+    """Env ``i``'s observation out of a vector env's batched (nested dict) observation."""
+    return {k: _row(v, i) for k, v in tree.items()} if isinstance(tree, Mapping) else tree[i]
+
+
+def _evaluate_vector(agent, vec, seeds: list[int], observe) -> tuple[list[bool], list[int]]:
+    """The seeds in waves of ``vec.num_envs`` episodes; an env whose episode ended idles (zero
+    actions, its auto-reset ignored) until the wave's last episode ends."""
+    n = vec.num_envs
+    successes, lengths = [], []
+    for start in range(0, len(seeds), n):
+        wave = [int(s) for s in seeds[start:start + n]]
+        obs, _ = vec.reset(seed=wave + [wave[-1]] * (n - len(wave)))  # spare envs replay the last seed
+        live = np.arange(n) < len(wave)
+        steps, success = np.zeros(n, dtype=int), np.zeros(n, dtype=bool)
+        while live.any():
+            action = np.zeros((n, *vec.single_action_space.shape), dtype=np.float32)
+            for i in np.flatnonzero(live):
+                action[i] = agent.act(observe(_row(obs, i)), deterministic=True)
+            obs, _, term, trunc, info = vec.step(action)
+            ended = term | trunc
+            # an env that ended was reset in the same step: its last info is under "final_info"
+            last = info.get("final_info", {}).get("sim/success", np.zeros(n))
+            now = np.where(ended, np.asarray(last, dtype=float), np.asarray(info["sim/success"], dtype=float))
+            steps[live] += 1
+            success[live] |= now.astype(bool)[live]
+            live &= ~ended
+        successes += success[: len(wave)].tolist()
+        lengths += steps[: len(wave)].tolist()
+    return successes, lengths
 
 
 def run_episode(cfg, env, agent, replay, rng, state, batch_rows: int, cameras: list[str],

@@ -151,7 +151,15 @@ def make_envs(cfg, rig: Rig, judge=None, instruction: str = ""):
     if success_fn is not None:
         env.success_fn = success_fn
     # the image policy is evaluated on frames made as in training (same render size, same resize)
-    eval_env = make_env(cfg.task, cameras=rig.view.cameras if image_policy else [], image_size=rig.render_size,
-                        max_episode_steps=steps, terminate_on_success=True, split="eval",
-                        include_state=not image_policy, **robot_kw)
-    return env, eval_env
+    eval_kw = dict(cameras=rig.view.cameras if image_policy else [], image_size=rig.render_size,
+                   max_episode_steps=steps, terminate_on_success=True, split="eval", include_state=not image_policy,
+                   **robot_kw)
+    workers = int(cfg.eval.get("workers", 1))
+    if workers > 1:  # N simulator processes play the eval episodes side by side (gymnasium's AsyncVectorEnv)
+        from real import make_vec_env
+
+        if robot_cfg["driver"] != "sim":
+            raise TrainConfigError(f"eval.workers={workers} needs robot=sim (one robot plays one episode at a time): "
+                                   "set eval.workers=1")
+        return env, make_vec_env(cfg.task, num_envs=workers, **eval_kw)
+    return env, make_env(cfg.task, **eval_kw)
