@@ -2,13 +2,14 @@
 kind, and stepwise-train's checkpoint (agent, online replay with the image policy's sidecar file,
 counters, random states) and its restore into a fresh learner.
 
-A checkpoint is a plain ``torch.save`` file (``torch.load`` reads it) written to a temporary file,
-fsynced, renamed over the old one and the directory fsynced: a kill at any instant leaves the old
-checkpoint or the new one, never a mix. Its sha256 sits beside it in ``<name>.sha256``, written first
-and listing the new digest and the current file's, so the pair is consistent at every instant; a file
-damaged later (a truncated copy, a bad disk) fails the check on load with the fix instead of loading
-garbage. The image policy's replay file is checksummed in the checkpoint that names it. Checkpoints
-from before the checksum (no ``.sha256``) load unverified.
+A checkpoint is a ``torch.save`` file followed by a one-line trailer with the sha256 of what precedes
+it (``torch.load`` still reads it: a zip archive ignores bytes after its end), written to a temporary
+file, fsynced, renamed over the old one and the directory fsynced: a kill at any instant leaves the old
+checkpoint or the new one, never a mix. A file damaged later fails on load with the fix instead of
+loading garbage: a changed byte fails the checksum, a truncated copy loses the archive's end (and the
+trailer) and cannot be read. The checksum travels with the file, so a copied or restored checkpoint
+stays verifiable. The image policy's replay file is checksummed in the checkpoint that names it.
+Checkpoints from before the trailer load unverified.
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ import torch
 from policies.config import TrainConfigError
 
 CHECKPOINT_VERSION = 1
+TRAILER = b"\nSTEPWISE-SHA256 "  # + 64 hex digits + newline, after the torch.save bytes
+TRAILER_LEN = len(TRAILER) + 65
 REPLAY_PREFIX = "online_replay_ep"  # the image policy's online replay: <prefix><episode>.npz beside checkpoint.pt
 
 
@@ -64,32 +67,26 @@ def file_sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def checksum_path(path: Path) -> Path:
-    """Where the checksum of the checkpoint ``path`` is kept: ``<name>.sha256`` beside it."""
-    return Path(path).with_name(Path(path).name + ".sha256")
-
-
 def save_atomic(payload: dict, path: Path) -> None:
-    """``torch.save`` written durably (:func:`write_durably`) with its sha256 beside it: a kill never
-    leaves half a checkpoint, and damage later fails the check on load."""
-    path = Path(path)
+    """``torch.save`` plus its sha256 trailer, written durably (:func:`write_durably`): a kill never
+    leaves half a checkpoint, and damage later fails on load."""
     buf = io.BytesIO()
     torch.save(payload, buf)
     body = buf.getvalue()
-    digests = [hashlib.sha256(body).hexdigest()]
-    if path.exists():  # until the rename below, the file on disk is the old one: both digests are valid
-        digests.append(file_sha256(path))
-    write_durably(checksum_path(path), lambda tmp: Path(tmp).write_text("\n".join(digests) + "\n"))
-    write_durably(path, lambda tmp: Path(tmp).write_bytes(body))
+    trailer = TRAILER + hashlib.sha256(body).hexdigest().encode() + b"\n"
+    write_durably(Path(path), lambda tmp: Path(tmp).write_bytes(body + trailer))
 
 
 def load_verified(path: Path, error: type[Exception]):
-    """``torch.load`` of a checkpoint whose sha256 its ``.sha256`` file lists (without one: unverified)."""
+    """``torch.load`` of a checkpoint whose trailer's sha256 matches (a file without a trailer: unverified)."""
     raw = Path(path).read_bytes()
-    sums = checksum_path(path)
-    if sums.exists() and hashlib.sha256(raw).hexdigest() not in sums.read_text().split():
-        raise error(f"checkpoint {path} fails its checksum ({sums.name}): it was truncated or damaged after it was "
-                    "written; restore it from a copy, or delete it (and its .sha256) to start the run over")
+    tail = raw[-TRAILER_LEN:]
+    if len(raw) > TRAILER_LEN and tail.startswith(TRAILER):
+        body = raw[:-TRAILER_LEN]
+        if hashlib.sha256(body).hexdigest().encode() != tail[len(TRAILER):-1]:
+            raise error(f"checkpoint {path} fails its checksum: it was damaged after it was written; restore it "
+                        "from a copy, or delete it to start the run over")
+        raw = body
     return torch.load(io.BytesIO(raw), map_location="cpu", weights_only=False)
 
 

@@ -277,12 +277,16 @@ class RobotServer(ServedOps):
 
         for _ in range(most):
             try:
-                frames = self._socket.recv_multipart(zmq.NOBLOCK)
+                ident = self._socket.recv(zmq.NOBLOCK)
             except zmq.Again:
                 return
-            header = self._admit(frames[0], frames[1:])
+            body: list[bytes] = []
+            while self._socket.get(zmq.RCVMORE):  # a request is one frame: extra frames are counted, not copied
+                frame = self._socket.recv(copy=False)
+                body.append(frame.bytes if not body else b"")
+            header = self._admit(ident, body)
             if header is not None:
-                queue.append((frames[0], header))
+                queue.append((ident, header))
                 self._queued_acts += header["op"] == "act"
 
     def _admit(self, ident: bytes, body: list[bytes]) -> dict | None:
