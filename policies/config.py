@@ -80,6 +80,7 @@ class RefreshSettings:
     steps: int = MISSING
     lr: float = MISSING
     failure_share: float = MISSING
+    first: int | None = None
 
 
 @dataclass
@@ -212,6 +213,8 @@ def check_config(cfg):
             f"reward.perspective={cfg.reward.perspective!r}: shaping needs a state-only perspective "
             "(forward or backward); incremental and fused depend on the history"
         )
+    if cfg.refresh.get("first") is not None and cfg.refresh.first < 1:
+        raise TrainConfigError(f"refresh.first={cfg.refresh.first}: the first refresh comes after at least 1 online episode")
     if cfg.refresh.every < 0 or (cfg.refresh.every and cfg.refresh.steps < 1):
         raise TrainConfigError(f"refresh.every={cfg.refresh.every}, refresh.steps={cfg.refresh.steps}: every must be "
                                ">= 0 (0: never) and steps >= 1")

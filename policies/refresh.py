@@ -26,8 +26,11 @@ from policies.config import offline_threads, tool_config
 
 
 def refresh_due(cfg, episode: int, n_episodes: int) -> bool:
-    """After online episode count ``episode``: a refresh every ``refresh.every``, none after the last."""
-    return bool(cfg.refresh.every) and episode % cfg.refresh.every == 0 and episode < n_episodes
+    """After online episode count ``episode``: a refresh every ``refresh.every``, and an early one after
+    ``refresh.first`` episodes (the potential is hacked most before any refresh); none after the last."""
+    every, first = cfg.refresh.every, cfg.refresh.get("first")
+    return (bool(every) and 0 < episode < n_episodes
+            and (episode % every == 0 or (first is not None and episode == int(first))))
 
 
 def refresh_progress_model(cfg, run: Path, demo_store: Path, online_store: Path, episode: int, current):

@@ -336,3 +336,15 @@ def test_refresh_settings_that_cannot_work_are_refused():
         check_config(cfg_of(*SMALL, "refresh.every=5"))  # shaping=none: nothing to refresh
     with pytest.raises(TrainConfigError, match="keep_episodes"):
         check_config(cfg_of(*SMALL[:1], "reward.shaping=progress", "refresh.every=5", "keep_episodes=false"))
+    with pytest.raises(TrainConfigError, match="refresh.first"):
+        check_config(cfg_of(*SMALL[:1], "reward.shaping=progress", "refresh.every=5", "refresh.first=0"))
+
+
+def test_an_early_first_refresh_joins_the_schedule():
+    from policies.refresh import refresh_due
+
+    cfg = cfg_of(*SMALL[:1], "reward.shaping=progress", "refresh.every=10", "refresh.first=3")
+    assert [e for e in range(1, 60) if refresh_due(cfg, e, 40)] == [3, 10, 20, 30]
+    plain = cfg_of(*SMALL[:1], "reward.shaping=progress", "refresh.every=10")
+    assert [e for e in range(1, 60) if refresh_due(plain, e, 40)] == [10, 20, 30]
+    assert not any(refresh_due(cfg_of(*SMALL[:1], "refresh.first=3"), e, 40) for e in range(1, 60))  # every=0: never
