@@ -146,7 +146,7 @@ def test_stepwise_train_reset_free_survives_kills(tmp_path):
 
     rng = np.random.default_rng(SEED + 2)
     run, log = tmp_path / "run", tmp_path / "reset_free.log"
-    every, attempts = 2, 6
+    every, attempts = 2, 10
     args = [str(BIN / "stepwise-train-reset-free"), "success=sim", "monitor=false", "demos=1", "pretrain.bc_steps=5",
             "pretrain.steps=5", "max_steps=15", f"episodes={attempts}", "reset_every=2", "eval.every=100", "eval.episodes=1",
             "eval.final_episodes=1", "agent.batch_size=16", "agent.hidden_sizes=[16,16]", "offline_threads=1",
@@ -156,7 +156,7 @@ def test_stepwise_train_reset_free_survives_kills(tmp_path):
     for i in range(2):
         proc = start(args + (["resume=true"] if i else []), log)
         mtime = ckpt.stat().st_mtime_ns if ckpt.exists() else 0
-        delay = float(rng.uniform(0.0, 2.0))
+        delay = float(rng.uniform(0.0, 0.8))
         if not kill_after(proc, lambda: ckpt.exists() and ckpt.stat().st_mtime_ns != mtime, delay):
             break
         state = read_checkpoint(ckpt, KIND, ResetFreeConfigError)["state"]  # verified: checksum and kind
