@@ -171,3 +171,34 @@ def test_what_crosses_the_wire_is_encrypted_only_with_curve(curve, curve_server,
     assert len(relay.seen) > 1000
     assert (b"TOKEN-IN-CLEAR" in relay.seen) is not curve
     assert (b'"op": "reset"' in relay.seen) is not curve
+
+
+def test_server_cli_serves_with_keys(keys, tmp_path):
+    """`stepwise-robot-server keys=DIR` (the CLI path, on loopback): CURVE on, the listed client acts
+    through make_env with robot.server_key / robot.client_key, a client without keys is refused."""
+    import signal
+
+    from real import make_env
+
+    port = 5793
+    proc = subprocess.Popen(
+        [str(Path(sys.executable).parent / "stepwise-robot-server"), "robot=sim", f"task={TASK}", f"port={port}",
+         "robot.cameras=[corner]", "robot.image_size=32", f"keys={keys}", f"hydra.run.dir={tmp_path}"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT, env={**os.environ, "MUJOCO_GL": "egl"})
+    try:
+        lines = [proc.stdout.readline()]
+        while "tcp://" not in lines[-1] and lines[-1] and len(lines) < 30:
+            lines.append(proc.stdout.readline())
+        assert "CurveZMQ" in lines[-1], lines
+        env = make_env(TASK, robot="remote", port=port, cameras=["corner"], image_size=32, max_episode_steps=3, timeout_ms=10000,
+                       server_key=str(keys / "server.key"), client_key=str(keys / "clients" / "laptop.key_secret"))
+        obs, _ = env.reset(seed=0)
+        assert obs["images"]["corner"].shape == (32, 32, 3)
+        env.step(np.zeros(4, np.float32))
+        env.close()
+        with pytest.raises(RobotLinkError, match="asks for CurveZMQ keys"):
+            remote_robot(port=port, timeout_ms=5000)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=30)
+    assert proc.returncode == 0, out
