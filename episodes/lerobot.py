@@ -15,6 +15,9 @@ Mapping (LeRobot's v3 layout: one row per frame, ``episode_index``, ``task``):
   observations and the first N-1 actions (the last action has no observation after it). Export
   writes T+1 frames for T actions (the last with a zero action), so a round trip is exact.
 - instruction: the episode's task string; ``next.reward`` -> rewards, ``next.done`` -> dones.
+- task: ``task=``, else the Stepwise name of a Meta-World task when the task string is one of
+  LeRobot's Meta-World descriptions (``lerobot/metaworld_mt50``: "Open a drawer") or ids
+  (``drawer-open-v3``) -> ``metaworld/drawer-open`` (:func:`metaworld_task`), else the task string.
 - success (``success=``): ``next.success`` (any frame true), ``next.reward`` (any reward > 0),
   ``episode_end`` (every episode is a success: demonstrations), or ``auto`` (the first of these
   columns the dataset has, else ``episode_end``).
@@ -68,6 +71,26 @@ def open_lerobot(source: str | Path, repo_id: str | None = None):
     return cls(str(source))  # a repo id: lerobot resolves it (its cache, or the hub when online)
 
 
+def metaworld_task(text: str) -> str | None:
+    """``metaworld/<name>`` for one of LeRobot's Meta-World task descriptions or ids (its
+    ``lerobot/envs/metaworld_config.json``, as the ``lerobot/metaworld_mt50`` dataset uses them), else None."""
+    import importlib.util
+    import json
+
+    key = str(text).strip()
+    spec = importlib.util.find_spec("lerobot")  # the file only: importing lerobot.envs pulls in robot drivers
+    try:
+        config = Path(spec.submodule_search_locations[0]) / "envs" / "metaworld_config.json"
+        table = json.loads(config.read_text())["TASK_DESCRIPTIONS"]
+    except (AttributeError, TypeError, IndexError, OSError, KeyError, ValueError):
+        table = {}
+    by_text = {v.strip().lower(): k for k, v in table.items()}
+    env_id = key.removeprefix("metaworld-") if key.removeprefix("metaworld-") in table else by_text.get(key.lower())
+    if env_id is None and key.endswith("-v3") and not table:
+        env_id = key.removeprefix("metaworld-")
+    return f"metaworld/{env_id.removesuffix('-v3')}" if env_id else None
+
+
 def camera_map(features: Mapping[str, Any], cameras: Mapping[str, str] | Iterable[str] | None) -> dict[str, str]:
     """``{lerobot key: camera}`` for the dataset's ``features``; see the module docstring."""
     keys = [k for k, ft in features.items() if ft.get("dtype") in ("image", "video")]
@@ -116,7 +139,8 @@ def read_lerobot(
         source: the dataset's local root directory, or a repo id lerobot can resolve.
         cameras: ``{lerobot key: rig camera}`` (or a list of rig names); None: every camera.
         success: where success comes from (:data:`SUCCESS_SOURCES`).
-        task: the Stepwise task name of every episode; default the episode's task string.
+        task: the Stepwise task name of every episode; default :func:`metaworld_task` of the episode's
+            task string, else the string itself.
         repo_id: the id recorded for a local dataset (lerobot needs one).
         frame_fn: applied to every uint8 (H, W, 3) frame (the rig's crop and resize).
         episodes: episode indices to read (default all).
@@ -169,7 +193,7 @@ def read_lerobot(
             raise LeRobotImportError(f"episode {e} has no task string: Stepwise needs an instruction per episode")
         yield Episode(
             images=images, proprio=proprio, actions=actions, rewards=rewards, dones=dones,
-            task=task or instruction, instruction=instruction, fps=float(ds.meta.fps), success=ok,
+            task=task or metaworld_task(instruction) or instruction, instruction=instruction, fps=float(ds.meta.fps), success=ok,
             keyframes=keyframes if len(keyframes) else np.array([n - 1], np.int64), state=state,
             kind="expert" if ok else "policy", extra_attrs={"lerobot_episode": int(e)},
         )

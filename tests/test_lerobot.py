@@ -17,7 +17,7 @@ import pytest
 pytest.importorskip("lerobot", reason="install the lerobot extra: pip install -e '.[lerobot]' && pip install --no-deps lerobot==0.4.4")
 
 from episodes import EpisodeStore
-from episodes.lerobot import LeRobotImportError, read_lerobot, scalar_columns
+from episodes.lerobot import LeRobotImportError, metaworld_task, read_lerobot, scalar_columns
 from real.lerobot_io import export_lerobot, import_lerobot
 
 KEYS = {f"observation.images.{c}": c for c in ("corner", "corner2", "gripperPOV")}  # recorded with the rig's names
@@ -163,3 +163,11 @@ def test_reward_model_data_resolver_takes_the_dataset(dataset, tmp_path, monkeyp
                             "device": None, "fit_demos": 1, "demo_data": None, "perceptual": {}})
     report = run(cfg)
     assert (tmp_path / "eval" / "report.json").exists() and report
+
+
+def test_lerobot_metaworld_task_strings_map_onto_stepwise_tasks():
+    # lerobot/metaworld_mt50 labels episodes with lerobot's Meta-World descriptions; its env uses the v3 ids
+    assert metaworld_task("Open a drawer") == "metaworld/drawer-open"
+    assert metaworld_task("Push and close a drawer") == "metaworld/drawer-close"
+    assert metaworld_task("drawer-open-v3") == metaworld_task("metaworld-drawer-open-v3") == "metaworld/drawer-open"
+    assert metaworld_task("fold the shirt") is None
