@@ -8,8 +8,9 @@ and at most one checkpoint interval of work lost.
   most that many episodes; the resumed history starts with the checkpoint's rows, unchanged.
 - ``stepwise-train-reset-free``: the same with ``checkpoint_every`` attempts.
 
-The kill points are drawn from a seeded generator: a random delay after the run's first checkpoint
-(or first stored episode), so kills land in acting, learning, evaluating and saving alike.
+The kill points are drawn from a seeded generator: a progress count (read from the run's progress
+bar, past the last checkpoint) and a short random delay after it, so kills land in acting, learning,
+evaluating and saving alike, on a fast machine as on a slow one.
 """
 
 from __future__ import annotations
@@ -33,23 +34,29 @@ SEED = 20
 
 
 def start(cmd: list[str], log: Path) -> subprocess.Popen:
-    out = open(log, "ab")
-    return subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT, env=ENV)
+    with open(log, "wb") as out:
+        return subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT, env=ENV)
 
 
-def kill_after(proc: subprocess.Popen, ready, delay_s: float, timeout_s: float = 240) -> bool:
-    """Wait until ``ready()`` (polling), then ``delay_s`` more, then SIGKILL; False if it ended first."""
+def progress(log: Path, bar: str) -> int:
+    """The furthest count a tqdm bar named ``bar`` showed in the log (what the run had done)."""
+    found = re.findall(rf"{bar}:[^|\r\n]*\|[^|\r\n]*\|\s*(\d+)/\d+", log.read_text(errors="replace"))
+    return max(map(int, found), default=0)
+
+
+def kill_at(proc: subprocess.Popen, log: Path, bar: str, count: int, delay_s: float, timeout_s: float = 240) -> bool:
+    """SIGKILL ``delay_s`` after the run's bar reached ``count``; False if the run ended first."""
     deadline = time.monotonic() + timeout_s
-    while not ready():
+    while progress(log, bar) < count:
         if proc.poll() is not None:
             return False
-        assert time.monotonic() < deadline, "the run never reached its first checkpoint"
-        time.sleep(0.05)
+        assert time.monotonic() < deadline, f"the run never reached {count} on its {bar!r} bar"
+        time.sleep(0.02)
     end = time.monotonic() + delay_s
     while time.monotonic() < end:
         if proc.poll() is not None:
             return False
-        time.sleep(0.01)
+        time.sleep(0.005)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     return True
@@ -59,84 +66,81 @@ def finish(proc: subprocess.Popen, log: Path, timeout_s: float = 240) -> None:
     assert proc.wait(timeout_s) == 0, log.read_text()[-3000:]
 
 
-def progress(log: Path, bar: str) -> int:
-    """The furthest count a tqdm bar named ``bar`` showed in the log (what the run had done when killed)."""
-    found = re.findall(rf"{bar}:[^|\r\n]*\|[^|\r\n]*\|\s*(\d+)/\d+", log.read_text(errors="replace"))
-    return max(map(int, found), default=0)
+def inject(first: list[str], resume: list[str], tmp_path: Path, bar: str, total: int, checkpointed, rng, max_delay: float):
+    """Run, kill at two seeded progress counts (each past the last checkpoint), resume, finish.
+
+    ``checkpointed()`` reads what the last checkpoint (or store) holds, verified. Returns the kills as
+    (count the kill was aimed at, count shown done, count checkpointed) and the final log."""
+    kills, base = [], 0
+    for i in range(2):
+        if base + 1 > total - 1:
+            break
+        aim, delay = int(rng.integers(base + 1, total)), float(rng.uniform(0.0, max_delay))
+        log = tmp_path / f"run{i}.log"
+        proc = start(resume if i else first, log)
+        if not kill_at(proc, log, bar, aim, delay):
+            break
+        done, base = progress(log, bar), checkpointed()
+        kills.append((aim, done, base))
+    log = tmp_path / "final.log"
+    finish(start(resume if kills else first, log), log)
+    assert kills, "no kill landed"
+    return kills
 
 
 def test_stepwise_train_survives_kills(tmp_path):
     from policies.config import TrainConfigError
     from policies.run_dir import read_checkpoint
 
-    rng = np.random.default_rng(SEED)
-    run, log = tmp_path / "run", tmp_path / "train.log"
-    every, episodes = 3, 9
+    every, episodes = 2, 6
     args = [str(BIN / "stepwise-train"), "task=metaworld/reach", "demos=1", "reward.shaping=none", "pretrain.bc_steps=20",
-            "pretrain.steps=10", "online.max_steps=25", f"online.episodes={episodes}", f"eval.every={every}", "eval.episodes=1",
+            "pretrain.steps=10", "online.max_steps=20", f"online.episodes={episodes}", f"eval.every={every}", "eval.episodes=1",
             "eval.final_episodes=1", "agent.batch_size=32", "agent.hidden_sizes=[32,32]", "adapt.steps=0", "threads=1",
-            "offline_threads=1", f"hydra.run.dir={run}"]
-    ckpt = run / "checkpoint.pt"
-    kills, seen = [], []
-    for i in range(2):
-        proc = start(args + (["resume=true"] if i else []), log)
-        before = read_checkpoint(ckpt, "stepwise-train", TrainConfigError)["state"]["episode"] if ckpt.exists() else -1
-        mtime = ckpt.stat().st_mtime_ns if ckpt.exists() else 0
-        delay = float(rng.uniform(0.0, 4.0))
-        if not kill_after(proc, lambda: ckpt.exists() and ckpt.stat().st_mtime_ns != mtime, delay):
-            break  # finished before the kill point: nothing more to inject
+            "offline_threads=1", f"hydra.run.dir={tmp_path / 'run'}"]
+    ckpt = tmp_path / "run" / "checkpoint.pt"
+    seen = []
+
+    def checkpointed() -> int:
         state = read_checkpoint(ckpt, "stepwise-train", TrainConfigError)["state"]  # verified: checksum and kind
-        done = progress(log, "online")
-        kills.append((round(delay, 2), done, state["episode"], state["phase"]))
-        assert state["episode"] >= before
-        assert state["episode"] % every == 0 or state["episode"] == episodes  # checkpoints fall on the interval
-        assert done - state["episode"] <= every  # at most one interval lost
-        seen.append(state["history"])
-    proc = start(args + ["resume=true"], log)
-    finish(proc, log)
+        seen.append(state)
+        return state["episode"]
+
+    kills = inject(args, args + ["resume=true"], tmp_path, "online", episodes, checkpointed, np.random.default_rng(SEED), 0.5)
+    for (_, done, at), state in zip(kills, seen):
+        assert at % every == 0 or at == episodes  # checkpoints fall on the interval
+        assert done - at <= every  # at most one interval lost
     final = read_checkpoint(ckpt, "stepwise-train", TrainConfigError)["state"]
     assert final["phase"] == "done" and final["episode"] == episodes
     assert [r["episode"] for r in final["history"]] == list(range(episodes))  # each episode once, in order
     key = lambda rows: [(r["episode"], r["length"], r["return"]) for r in rows]  # noqa: E731
-    for rows in seen:  # the resumed run continued from the checkpoint, not from scratch
-        assert key(final["history"][: len(rows)]) == key(rows)
-    assert (run / "report.json").exists()
-    assert len(kills) >= 1, "no kill landed"
-    print(f"stepwise-train: kills (delay s, episodes done, checkpoint episode, phase): {kills}")
+    for state in seen:  # the resumed run continued from the checkpoint, not from scratch
+        assert key(final["history"][: len(state["history"])]) == key(state["history"])
+    assert (tmp_path / "run" / "report.json").exists()
+    print(f"stepwise-train: kills (aimed at episode, episodes done, checkpoint episode): {kills}")
 
 
 def test_stepwise_collect_survives_kills(tmp_path):
     from episodes import EpisodeStore
 
-    rng = np.random.default_rng(SEED + 1)
-    out, log = tmp_path / "demos", tmp_path / "collect.log"
-    episodes = 8
+    episodes = 6
     args = [str(BIN / "stepwise-collect"), "task=metaworld/drawer-open", f"episodes={episodes}", "cameras=[corner]",
-            "image_size=32", "post_success_steps=0", f"out={out}"]
-    store = out / "drawer-open.hdf5"
-    bar = "collect drawer-open"
-    kills = []
-    for _ in range(2):
-        proc = start(args, log)
-        have = progress(log, bar)
-        delay = float(rng.uniform(0.0, 1.5))
-        if not kill_after(proc, lambda: progress(log, bar) > have, delay):  # the log, not the store: never open it under the writer
-            break
-        done = progress(log, bar)
+            "image_size=32", "post_success_steps=0", f"out={tmp_path / 'demos'}"]
+    store = tmp_path / "demos" / "drawer-open.hdf5"
+
+    def checkpointed() -> int:  # opened only once the writer is dead (never under it)
         with EpisodeStore(store) as s:
-            n = len(s)
-            [s[i] for i in range(n)]  # every committed episode reads back
-        kills.append((round(delay, 2), done, n))
-        assert n >= done  # what the run reported done was committed: at most the episode being recorded is lost
-    proc = start(args, log)
-    finish(proc, log)
+            [s[i] for i in range(len(s))]  # every committed episode reads back
+            return len(s)
+
+    kills = inject(args, args, tmp_path, "collect drawer-open", episodes, checkpointed, np.random.default_rng(SEED + 1), 0.5)
+    for _, done, stored in kills:
+        assert stored >= done  # what the run reported done was committed: at most the episode being recorded is lost
     with EpisodeStore(store) as s:
         eps = [s[i] for i in range(len(s))]
     assert len(eps) == episodes
     assert len({e.seed for e in eps}) == episodes  # each planned episode once
     assert all(e.success and len(e.actions) > 0 and e.images["corner"].shape[1:] == (32, 32, 3) for e in eps)
-    assert len(kills) >= 1, "no kill landed"
-    print(f"stepwise-collect: kills (delay s, episodes reported done, episodes in the store): {kills}")
+    print(f"stepwise-collect: kills (aimed at episode, episodes done, episodes in the store): {kills}")
 
 
 def test_stepwise_train_reset_free_survives_kills(tmp_path):
@@ -144,35 +148,28 @@ def test_stepwise_train_reset_free_survives_kills(tmp_path):
     from policies.reset_free.config import ResetFreeConfigError
     from policies.run_dir import read_checkpoint
 
-    rng = np.random.default_rng(SEED + 2)
-    run, log = tmp_path / "run", tmp_path / "reset_free.log"
-    every, attempts = 2, 10
+    every, attempts = 2, 8
     args = [str(BIN / "stepwise-train-reset-free"), "success=sim", "monitor=false", "demos=1", "pretrain.bc_steps=5",
             "pretrain.steps=5", "max_steps=15", f"episodes={attempts}", "reset_every=2", "eval.every=100", "eval.episodes=1",
             "eval.final_episodes=1", "agent.batch_size=16", "agent.hidden_sizes=[16,16]", "offline_threads=1",
-            f"checkpoint_every={every}", f"hydra.run.dir={run}"]
-    ckpt = run / "checkpoint.pt"
-    kills, seen = [], []
-    for i in range(2):
-        proc = start(args + (["resume=true"] if i else []), log)
-        mtime = ckpt.stat().st_mtime_ns if ckpt.exists() else 0
-        delay = float(rng.uniform(0.0, 0.8))
-        if not kill_after(proc, lambda: ckpt.exists() and ckpt.stat().st_mtime_ns != mtime, delay):
-            break
+            f"checkpoint_every={every}", f"hydra.run.dir={tmp_path / 'run'}"]
+    ckpt = tmp_path / "run" / "checkpoint.pt"
+    seen = []
+
+    def checkpointed() -> int:
         state = read_checkpoint(ckpt, KIND, ResetFreeConfigError)["state"]  # verified: checksum and kind
-        done = progress(log, "reset-free")
-        kills.append((round(delay, 2), done, len(state["history"])))
-        assert len(state["history"]) % every == 0 or len(state["history"]) == attempts  # checkpoints fall on the interval
-        assert done - len(state["history"]) <= every  # at most one interval lost
         seen.append(state["history"])
-    proc = start(args + ["resume=true"], log)
-    finish(proc, log)
+        return len(state["history"])
+
+    kills = inject(args, args + ["resume=true"], tmp_path, "reset-free", attempts, checkpointed, np.random.default_rng(SEED + 2), 0.3)
+    for _, done, at in kills:
+        assert at % every == 0 or at == attempts  # checkpoints fall on the interval
+        assert done - at <= every  # at most one interval lost
     final = read_checkpoint(ckpt, KIND, ResetFreeConfigError)["state"]
     assert len(final["history"]) == attempts
     for rows in seen:
         assert final["history"][: len(rows)] == rows
-    assert len(kills) >= 1, "no kill landed"
-    print(f"stepwise-train-reset-free: kills (delay s, attempts shown done, attempts checkpointed): {kills}")
+    print(f"stepwise-train-reset-free: kills (aimed at attempt, attempts done, attempts checkpointed): {kills}")
 
 
 @pytest.mark.parametrize("damage", ["truncate", "flip"])
