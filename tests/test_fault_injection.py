@@ -74,16 +74,18 @@ def inject(first: list[str], resume: list[str], tmp_path: Path, bar: str, total:
     kills, base = [], 0
     for i in range(2):
         if base + 1 > total - 1:
-            break
+            base = total - 2  # aim at the last count but one
         aim, delay = int(rng.integers(base + 1, total)), float(rng.uniform(0.0, max_delay))
         log = tmp_path / f"run{i}.log"
         proc = start(resume if i else first, log)
         if not kill_at(proc, log, bar, aim, delay):
+            finish(proc, log)  # it ended before the kill point: that run was the last
             break
         done, base = progress(log, bar), checkpointed()
         kills.append((aim, done, base))
-    log = tmp_path / "final.log"
-    finish(start(resume if kills else first, log), log)
+    else:
+        log = tmp_path / "final.log"
+        finish(start(resume, log), log)
     assert kills, "no kill landed"
     return kills
 
