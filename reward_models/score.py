@@ -61,6 +61,22 @@ def check_suspects(progress: np.ndarray, done: np.ndarray, success: bool, rise: 
     return found
 
 
+def progress_weights(progress: np.ndarray, floor: float = 0.0, cap: float = 3.0) -> np.ndarray:
+    """Reward-aligned behaviour-cloning weights of an episode's T actions from its (T+1,) progress:
+    each action's progress gain ``Phi_{t+1} - Phi_t`` over the episode's mean positive gain, clipped to
+    ``[floor, cap]`` (after LeRobot's SARM: frames that advance the task weigh more, stalls and reversals
+    weigh ``floor``). float32 (T,), mean 1 over the positive-gain actions; all ones when progress never
+    rises (no information: plain BC). Off by default wherever it is used."""
+    p = np.asarray(progress, np.float64)
+    if p.ndim != 1 or len(p) < 2:
+        raise ValueError(f"progress must be a (T+1,) curve with T >= 1, got shape {p.shape}")
+    gain = np.diff(p)
+    pos = gain[gain > 0]
+    if len(pos) == 0:
+        return np.ones(len(gain), np.float32)
+    return np.clip(gain / pos.mean(), float(floor), float(cap)).astype(np.float32)
+
+
 def score_episodes(model: Any, episodes: Iterable[Any], rise: float = 0.1, threshold: float | None = None):
     """Yield ``(episode, progress (T+1,), success_prob (T+1,), suspects)`` for each episode."""
     from reward_models.base import FramesError

@@ -97,3 +97,14 @@ def test_lerobot_dataset_gets_progress_columns(store, tmp_path):
         ep = st[0]
     want, _ = model.score({c: ep.images[c] for c in model.cameras}, ep.instruction)
     np.testing.assert_allclose(col, want, atol=1e-5)  # the same scores as the store's path
+
+
+def test_progress_weights_favour_the_actions_that_advance_the_task():
+    from reward_models.score import progress_weights
+
+    w = progress_weights(np.array([0.0, 0.1, 0.1, 0.05, 0.35, 0.4]))
+    assert w.shape == (5,) and w[1] == 0.0 and w[2] == 0.0  # a stall and a reversal teach nothing
+    assert w[3] > w[0] > 0 and w[3] == pytest.approx(0.3 / (0.45 / 3))
+    np.testing.assert_array_equal(progress_weights(np.zeros(4)), np.ones(3))  # no rise: plain BC
+    with pytest.raises(ValueError, match=r"\(T\+1,\)"):
+        progress_weights(np.zeros(1))
