@@ -319,8 +319,8 @@ def load_state(path, map_location=None):
     """Read a trainer state written by :func:`save_main` (checksum verified) or a plain ``torch.save``
     file of an older run. A damaged file is refused with the fix (delete it to start over).
 
-    Only a run's own ``trainer_state.pt`` is read here (it holds the samplers' generators, so it is
-    unpickled in full): never point ``out=`` at a file someone else hands you."""
+    Loaded with ``weights_only=True``: tensors, numbers, strings and containers only (the samplers'
+    generators travel as their ``bit_generator.state`` dicts), so no file runs code when read."""
     import hashlib
     import io
 
@@ -334,6 +334,7 @@ def load_state(path, map_location=None):
                              "to train from the start, or restore it from a copy")
         raw = payload
     try:
-        return torch.load(io.BytesIO(raw), map_location=map_location, weights_only=False)
-    except Exception as err:  # a truncated legacy file
-        raise ValueError(f"{path} cannot be read as a trainer state ({err}): delete it to train from the start") from err
+        return torch.load(io.BytesIO(raw), map_location=map_location, weights_only=True)
+    except Exception as err:  # a truncated file, or one holding objects (an older Stepwise pickled its generators)
+        raise ValueError(f"{path} cannot be read as a trainer state ({str(err).splitlines()[0]}): delete it to train "
+                         "from the start (a state of an older Stepwise resumes only with that version)") from err

@@ -285,7 +285,7 @@ def train_tcn(stores, out: str | Path, cfg: TCNTrainConfig | Mapping[str, Any], 
     opt = torch.optim.AdamW(net.parameters(), lr=float(cfg.lr), weight_decay=float(cfg.weight_decay))
     steps, warm = int(cfg.steps), max(int(cfg.warmup_steps), 1)
     sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min(1.0, (s + 1) / warm) * 0.5 * (1 + np.cos(np.pi * min(s, steps) / steps)))
+        opt, lambda s: float(min(1.0, (s + 1) / warm) * 0.5 * (1 + np.cos(np.pi * min(s, steps) / steps))))
     gen = torch.Generator().manual_seed(int(cfg.seed))
     out.mkdir(parents=True, exist_ok=True)
     state_path = out / "trainer_state.pt"

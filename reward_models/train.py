@@ -108,7 +108,7 @@ def train(cfg) -> StepPRM:
     net = model.net
     opt = torch.optim.AdamW(net.parameters(), lr=float(cfg.lr), weight_decay=float(cfg.weight_decay))
     steps = int(cfg.steps)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 50) * 0.5 * (1 + np.cos(np.pi * min(s, steps) / steps)))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: float(min(1.0, (s + 1) / 50) * 0.5 * (1 + np.cos(np.pi * min(s, steps) / steps))))
     state_path = out / "trainer_state.pt"
     step = 0
     gen = torch.Generator().manual_seed(int(cfg.seed))
@@ -117,7 +117,7 @@ def train(cfg) -> StepPRM:
         net.load_state_dict(state["net"])
         opt.load_state_dict(state["opt"])
         sched.load_state_dict(state["sched"])
-        sampler.rng = state["sampler_rng"]
+        sampler.rng.bit_generator.state = state["sampler_rng"]
         step = int(state["step"])
         if "gen" in state:  # older states re-seeded the augmentation from the step
             gen.set_state(state["gen"])
@@ -151,7 +151,7 @@ def train(cfg) -> StepPRM:
         last = step + 1 == steps
         if (step + 1) % int(cfg.checkpoint_every) == 0 or last:
             distributed.save_main({"net": net.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
-                                   "sampler_rng": sampler.rng, "gen": gen.get_state(), "step": step + 1}, state_path)
+                                   "sampler_rng": sampler.rng.bit_generator.state, "gen": gen.get_state(), "step": step + 1}, state_path)
         if ranks.main and val and ((step + 1) % int(cfg.eval_every) == 0 or last):
             voc = validation_voc(model, val)
             writer.add_scalar("val/voc_forward", voc, step)

@@ -165,7 +165,7 @@ def train(data, out: str | Path, reward: Mapping | None = None, init: str | Path
         net.load_state_dict(state["net"])
         opt.load_state_dict(state["opt"])
         sched.load_state_dict(state["sched"])
-        sampler.rng = state["sampler_rng"]
+        sampler.rng.bit_generator.state = state["sampler_rng"]
         gen.set_state(state["gen"])
         step = int(state["step"])
         log.info("resuming from step %d of %d (%s)", step, steps, state_path)
@@ -217,7 +217,7 @@ def train(data, out: str | Path, reward: Mapping | None = None, init: str | Path
         last = step + 1 == steps
         if (step + 1) % int(r["checkpoint_every"]) == 0 or last:
             distributed.save_main({"net": net.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
-                                   "sampler_rng": sampler.rng, "gen": gen.get_state(), "step": step + 1}, state_path)
+                                   "sampler_rng": sampler.rng.bit_generator.state, "gen": gen.get_state(), "step": step + 1}, state_path)
         if ranks.main and len(val_set.labels) and ((step + 1) % int(r["eval_every"]) == 0 or last):
             z = frame_set_logits(model, val_set)
             y = val_set.labels
