@@ -49,6 +49,19 @@ def test_shaping_terms_follow_the_potential_and_the_episode_scorer(prm):
     batched = episode_potentials(prm, {c: np.stack(v) for c, v in frames.items()}, env.instruction, perspective="forward")
     np.testing.assert_allclose(phis, batched, atol=1e-4)
     assert phis[0] == pytest.approx(0.0, abs=0.05) and max(phis) > 0.05  # it moves off the start
+    # backward: towards a reference demonstration's goal (here the recorded episode, its last frame the goal)
+    from episodes import Episode
+
+    ref = Episode(images={c: np.stack(v) for c, v in frames.items()}, proprio=np.zeros((13, 4), np.float32),
+                  actions=np.zeros((12, 4), np.float32), rewards=np.zeros(12, np.float32), dones=np.zeros(12, bool),
+                  task="metaworld/drawer-close", instruction=env.instruction, fps=80.0, success=True, keyframes=np.array([12]))
+    back = ProgressShaping(gym.make(TASK, max_episode_steps=12), prm, perspective="backward", reference=ref)
+    obs, info = back.reset(seed=0)
+    seen, rng = [info["phi"]], np.random.default_rng(0)
+    for _ in range(2):
+        seen.append(back.step(rng.uniform(-1, 1, 4).astype(np.float32))[4]["phi_next"])  # the same actions as above
+    want = episode_potentials(prm, {c: v[:3] for c, v in ref.images.items()}, env.instruction, reference=ref)
+    np.testing.assert_allclose(seen, want, atol=1e-4)
     with pytest.raises(ValueError, match="not potential-based"):
         ProgressShaping(env.env, prm, perspective="fused")
     with pytest.raises(ValueError, match="lacks camera"):
