@@ -8,7 +8,9 @@ episodes::
 A store's copy carries, per episode, ``infos["progress"]`` and ``infos["success_prob"]`` (float32
 (T,): the frame after each action) and the first frame's values as the attributes
 ``progress_start`` / ``success_prob_start``; a LeRobot dataset's copy (written by lerobot's own
-writer) gains the columns ``stepwise.progress`` and ``stepwise.success_prob``. Next to ``out``,
+writer) gains the columns ``stepwise.progress`` and ``stepwise.success_prob``. The copy goes through
+Stepwise's mapping (``episodes.lerobot``): cameras under their keys' last part, the last frame's
+action zero, columns Stepwise does not know dropped. Next to ``out``,
 ``<out>.summary.json`` and ``<out>.summary.md`` list the suspect episodes:
 
 - ``no_progress``: progress never rises more than ``rise`` above its first frame;
