@@ -30,6 +30,13 @@ def parse_cameras(value: Any) -> dict[str, str] | list[str] | None:
     return items
 
 
+def registry_task(instruction: str) -> str | None:
+    """The registered task whose instruction is ``instruction`` (a dataset Stepwise exported), else None."""
+    from sim import get_task, list_tasks
+
+    return next((name for name in list_tasks() if get_task(name).instruction == instruction.strip()), None)
+
+
 def import_lerobot(source: str, out: str | Path, cameras: Any = None, image_size: Any = None, success: str = "auto",
                    task: str | None = None, repo_id: str | None = None) -> int:
     """Import every episode of a LeRobot dataset into the episode store ``out``; returns the count."""
@@ -46,6 +53,8 @@ def import_lerobot(source: str, out: str | Path, cameras: Any = None, image_size
     try:
         for ep in read_lerobot(source, cameras=parse_cameras(cameras), success=success, task=task,
                                repo_id=repo_id, frame_fn=frame_fn):
+            if task is None and ep.task == ep.instruction:  # no Meta-World id or description: Stepwise's own words?
+                ep.task = registry_task(ep.instruction) or ep.task
             if writer is None:
                 env_args = {"task": ep.task, "cameras": ep.cameras, "image_size": list(ep.image_size),
                             "source": f"lerobot:{source}"}

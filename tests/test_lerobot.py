@@ -90,6 +90,7 @@ def test_import_score_export_and_read_back_with_lerobot(dataset, recorded, tmp_p
     frames, state, actions = recorded[0]
     ep = eps[0]
     assert ep.cameras == list(KEYS.values()) and ep.num_steps == STEPS and ep.instruction == INSTRUCTION
+    assert ep.task == "metaworld/drawer-close"  # Stepwise's own instruction names its task
     np.testing.assert_array_equal(ep.images["gripperPOV"], frames["observation.images.gripperPOV"])  # PNG: lossless
     np.testing.assert_allclose(ep.actions, actions)
     np.testing.assert_allclose(ep.proprio, state)
