@@ -49,7 +49,7 @@ def step_prm_training(device: torch.device, bf16: bool, calls: int, repeats: int
     import reward_models
     from reward_models.distributed import Ranks
     from reward_models.pairs import PairSampler
-    from reward_models.train import _augmented_share, _pair_loss
+    from reward_models.train import augmented_share, pair_loss
 
     model = reward_models.load("general", device=str(device))
     net = model.net.train()
@@ -62,10 +62,10 @@ def step_prm_training(device: torch.device, bf16: bool, calls: int, repeats: int
     autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext)
 
     def step():
-        batch = _augmented_share(sampler.sample(8), cfg, gen, Ranks())
+        batch = augmented_share(sampler.sample(8), cfg, gen, Ranks())
         batch["text"] = torch.zeros_like(batch["text"])  # every pair under the one instruction embedded
         with autocast() if bf16 else contextlib.nullcontext():
-            loss = _pair_loss(net, batch, table, model.centers, 0.5)[0]
+            loss = pair_loss(net, batch, table, model.centers, 0.5)[0]
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

@@ -145,12 +145,13 @@ def data_parallel(net: torch.nn.Module) -> torch.nn.Module:
     return DistributedDataParallel(call, device_ids=ids, find_unused_parameters=True)
 
 
-class CrossRankBatchNorm(torch.nn.modules.batchnorm._BatchNorm):
+class CrossRankBatchNorm(torch.nn.BatchNorm2d):
     """BatchNorm whose training statistics are those of the whole global batch, over every rank, on
     any device: each rank's per-channel sums (float64) are all-reduced with gradient
     (``torch.distributed.nn.functional.all_reduce``), so N processes normalise exactly as one process
     would on the whole batch. torch's SyncBatchNorm does the same on GPUs only. Evaluation uses the
-    running statistics like any BatchNorm (and they are updated from the global batch)."""
+    running statistics like any BatchNorm (and they are updated from the global batch). Any input
+    of 2 or more dims (it stands in for BatchNorm1d/2d/3d alike)."""
 
     def _check_input_dim(self, x: torch.Tensor) -> None:
         if x.dim() < 2:
@@ -183,6 +184,9 @@ class CrossRankBatchNorm(torch.nn.modules.batchnorm._BatchNorm):
         return y
 
 
+BATCH_NORMS = (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d, torch.nn.BatchNorm3d)
+
+
 def sync_batchnorm(net: torch.nn.Module) -> torch.nn.Module:
     """Every BatchNorm of ``net`` normalised over the global batch when several processes train:
     torch's SyncBatchNorm on GPUs, :class:`CrossRankBatchNorm` elsewhere (gloo on CPUs). Replaces the
@@ -194,7 +198,7 @@ def sync_batchnorm(net: torch.nn.Module) -> torch.nn.Module:
         return torch.nn.SyncBatchNorm.convert_sync_batchnorm(net)
     for module in list(net.modules()):
         for name, child in list(module.named_children()):
-            if isinstance(child, torch.nn.modules.batchnorm._BatchNorm) and not isinstance(child, CrossRankBatchNorm):
+            if isinstance(child, BATCH_NORMS) and not isinstance(child, CrossRankBatchNorm):
                 new = CrossRankBatchNorm(child.num_features, child.eps, child.momentum, child.affine,
                                          child.track_running_stats)
                 if child.affine:

@@ -133,8 +133,8 @@ def train(cfg) -> StepPRM:
     t0 = time.perf_counter()
     for step in bar:
         net.train()
-        batch = _augmented_share(sampler.sample(int(cfg.batch_episodes)), cfg, gen, ranks)
-        loss, logits, hops, exact = wrapped(_pair_loss, batch, text_table, model.centers, view_weight)
+        batch = augmented_share(sampler.sample(int(cfg.batch_episodes)), cfg, gen, ranks)
+        loss, logits, hops, exact = wrapped(pair_loss, batch, text_table, model.centers, view_weight)
         weight = distributed.share_weight(len(hops), batch["pairs_global"])
         opt.zero_grad(set_to_none=True)
         (loss * weight).backward()
@@ -172,8 +172,8 @@ def train(cfg) -> StepPRM:
     return model
 
 
-def _augmented_share(batch, cfg, gen: torch.Generator, ranks) -> dict:
-    """This rank's share of a global pair batch, augmented: tensors for :func:`_pair_loss`.
+def augmented_share(batch, cfg, gen: torch.Generator, ranks) -> dict:
+    """This rank's share of a global pair batch, augmented: tensors for :func:`pair_loss`.
 
     Every rank augments the WHOLE batch with the same generator (random shift, camera dropout), so
     that the generator's state stays every rank's, then keeps the states and pairs of its own episode
@@ -206,7 +206,7 @@ def _augmented_share(batch, cfg, gen: torch.Generator, ranks) -> dict:
             "pairs_global": n_pairs}
 
 
-def _pair_loss(net, batch: dict, text_table: torch.Tensor, centers: torch.Tensor, view_weight: float):
+def pair_loss(net, batch: dict, text_table: torch.Tensor, centers: torch.Tensor, view_weight: float):
     """The hop loss of one (share of a) batch: ``(loss, logits, hops, exact)``, the mean over its pairs.
 
     Runs as one forward pass (under DistributedDataParallel when several processes train)."""

@@ -135,7 +135,7 @@ def test_two_shares_of_a_pair_batch_weigh_to_the_whole_batch_loss(store):
 
     from reward_models.pairs import PairSampler, load_episodes
     from reward_models.step_prm import StepPRM, StepPRMConfig
-    from reward_models.train import _augmented_share, _pair_loss
+    from reward_models.train import augmented_share, pair_loss
 
     torch.manual_seed(0)
     model = StepPRM(StepPRMConfig(cameras=CAMS, image_size=(32, 32), encoder_size=32, width=16, dim=32, device="cpu"))
@@ -144,8 +144,8 @@ def test_two_shares_of_a_pair_batch_weigh_to_the_whole_batch_loss(store):
     model.cache_instructions(sorted({e.instruction for e in episodes}))
     table = torch.stack([model.text_embedding(e.instruction) for e in episodes[:1]])
     cfg = OmegaConf.create({"shift_pad": 2, "single_view_prob": 0.3})
-    whole = _augmented_share(batch, cfg, torch.Generator().manual_seed(1), Ranks())
-    shares = [_augmented_share(batch, cfg, torch.Generator().manual_seed(1), Ranks(r, 2)) for r in range(2)]
+    whole = augmented_share(batch, cfg, torch.Generator().manual_seed(1), Ranks())
+    shares = [augmented_share(batch, cfg, torch.Generator().manual_seed(1), Ranks(r, 2)) for r in range(2)]
     assert [len(s["images"]) for s in shares] == [len(whole["images"]) // 2] * 2  # slots 0, 2 and 1, 3
     assert sum(len(s["hop"]) for s in shares) == len(whole["hop"]) == batch.hop.size
     for s in shares:  # every pair's states lie inside its own share
@@ -153,8 +153,8 @@ def test_two_shares_of_a_pair_batch_weigh_to_the_whole_batch_loss(store):
             assert s[key].max() < len(s["images"])
     net = model.net.eval()
     with torch.no_grad():
-        full = _pair_loss(net, whole, table, model.centers, 0.5)[0]
-        parts = [_pair_loss(net, s, table, model.centers, 0.5)[0] * len(s["hop"]) / len(whole["hop"]) for s in shares]
+        full = pair_loss(net, whole, table, model.centers, 0.5)[0]
+        parts = [pair_loss(net, s, table, model.centers, 0.5)[0] * len(s["hop"]) / len(whole["hop"]) for s in shares]
     assert float(sum(parts)) == pytest.approx(float(full), rel=1e-5)
 
 
