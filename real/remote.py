@@ -72,7 +72,8 @@ class RemoteRobot:
             self.curve = (load_public(server_key), *load_secret(client_key))
         self.client_key = client_key
         self.max_reply_bytes = int(max_reply_bytes)
-        self.host, self.port, self.token = host, int(port), token
+        self.host, self.port = host, int(port)
+        self.token = None if token is None else str(token)  # token=1234 on the command line arrives as an int
         self.timeout_ms, self.reset_timeout_ms = float(timeout_ms), float(reset_timeout_ms)
         self.expected_task = task
         self.address = f"tcp://{host}:{self.port}"

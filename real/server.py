@@ -41,11 +41,11 @@ from typing import Any
 import numpy as np
 
 from real import protocol
-from real.link import Link, bind_link
 from real.env import build_robot  # noqa: F401 - stepwise-deploy and tests import it from here
+from real.link import Link, bind_link
 from real.robot import Robot
-from real.server_ops import ServedOps
 from real.safety import SafeRobot, SafetyLimits
+from real.server_ops import ServedOps
 
 log = logging.getLogger(__name__)
 
@@ -110,7 +110,8 @@ class RobotServer(ServedOps):
             print(f"stepwise-robot-server: WARNING: binding {host}: every client whose key is in {Path(keys) / 'allowed'} "
                   "can move this robot", file=sys.stderr)
         self.host, self.port = host, int(port)
-        self.token, self.keys = token, (None if keys is None else Path(keys))
+        self.token = None if token is None else str(token)  # token=1234 on the command line arrives as an int
+        self.keys = None if keys is None else Path(keys)
         self.max_request_bytes, self.hwm = int(max_request_bytes), int(hwm)
         self.task, self.instruction = task, instruction
         self.armed = False
