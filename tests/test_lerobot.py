@@ -5,6 +5,7 @@ own loader; stepwise-train-rm / stepwise-eval-rm's data= resolver takes the data
 Local directories only: no network."""
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -124,9 +125,12 @@ def test_import_frames_to_the_rig_and_explains_bad_keys(dataset, recorded, tmp_p
     from real.cameras import fit_to_rig
 
     store = tmp_path / "small.hdf5"
-    run = subprocess.run([str(Path(sys.executable).parent / "stepwise-import"), f"source={dataset}", f"out={store}",
+    # by repo id from lerobot's own cache (HF_LEROBOT_HOME), offline
+    shutil.copytree(dataset, tmp_path / "lerobot_home" / "tester" / "drawer")
+    env = {**os.environ, "HF_LEROBOT_HOME": str(tmp_path / "lerobot_home"), "HF_HUB_OFFLINE": "1"}
+    run = subprocess.run([str(Path(sys.executable).parent / "stepwise-import"), "source=tester/drawer", f"out={store}",
                           "cameras=[observation.images.corner:front,gripperPOV:wrist]", "image_size=48"],
-                         capture_output=True, text=True, timeout=300)
+                         capture_output=True, text=True, timeout=300, env=env)
     assert run.returncode == 0 and "imported 2 episodes" in run.stdout, run.stderr[-2000:]
     with EpisodeStore(store) as st:
         ep = st[1]
