@@ -43,8 +43,8 @@ Each view is augmented apart: random shift (``shift_pad`` pixels) and colour jit
 Checkpoint (a directory; format version :data:`FORMAT_VERSION`):
 ``config.json`` = ``{"kind": "tcn", "version": 1, "config": TCNConfig fields, "training": {the
 train config, steps, loss curve summary, data}}`` and ``model.safetensors`` = the ``TCNNet`` state
-dict (projection head included; an older ``weights.pt`` still loads, deprecated). A directory of another kind or version is refused with
-:class:`reward_models.base.CheckpointError`. Training also leaves ``trainer_state.pt`` (resume) and
+dict (projection head included; an older ``weights.pt`` still loads, deprecated). A directory of
+another kind or version is refused with :class:`reward_models.base.CheckpointError`. Training also leaves ``trainer_state.pt`` (resume) and
 ``tb/`` (TensorBoard) in ``out``; the shipped checkpoint keeps neither.
 
     stepwise-train-rm reward=tcn data=/work/data/train out=runs/tcn            # the shipped recipe
