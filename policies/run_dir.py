@@ -14,7 +14,6 @@ Checkpoints from before the trailer load unverified.
 
 from __future__ import annotations
 
-import hashlib
 import io
 import os
 from dataclasses import dataclass, field
@@ -23,11 +22,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from episodes.durable import ChecksumError, file_sha256, read_checksummed, write_checksummed, write_durably
 from policies.config import TrainConfigError
 
 CHECKPOINT_VERSION = 1
-TRAILER = b"\nSTEPWISE-SHA256 "  # + 64 hex digits + newline, after the torch.save bytes
-TRAILER_LEN = len(TRAILER) + 65
 REPLAY_PREFIX = "online_replay_ep"  # the image policy's online replay: <prefix><episode>.npz beside checkpoint.pt
 
 
@@ -43,51 +41,21 @@ def existing_checkpoint(run: Path, resume: bool, error: type[Exception]) -> Path
     return path
 
 
-def write_durably(path: Path, write) -> None:
-    """``write(tmp_path)``, fsync, rename over ``path``, fsync the directory: all or nothing, even on power loss."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    write(tmp)
-    with open(tmp, "rb+") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def file_sha256(path: Path) -> str:
-    """The sha256 hex digest of a file, read in 1 MiB blocks."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(2**20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def save_atomic(payload: dict, path: Path) -> None:
-    """``torch.save`` plus its sha256 trailer, written durably (:func:`write_durably`): a kill never
+    """``torch.save`` plus its sha256 trailer, written durably (:mod:`episodes.durable`): a kill never
     leaves half a checkpoint, and damage later fails on load."""
     buf = io.BytesIO()
     torch.save(payload, buf)
-    body = buf.getvalue()
-    trailer = TRAILER + hashlib.sha256(body).hexdigest().encode() + b"\n"
-    write_durably(Path(path), lambda tmp: Path(tmp).write_bytes(body + trailer))
+    write_checksummed(path, buf.getvalue())
 
 
 def load_verified(path: Path, error: type[Exception]):
     """``torch.load`` of a checkpoint whose trailer's sha256 matches (a file without a trailer: unverified)."""
-    raw = Path(path).read_bytes()
-    tail = raw[-TRAILER_LEN:]
-    if len(raw) > TRAILER_LEN and tail.startswith(TRAILER):
-        body = raw[:-TRAILER_LEN]
-        if hashlib.sha256(body).hexdigest().encode() != tail[len(TRAILER):-1]:
-            raise error(f"checkpoint {path} fails its checksum: it was damaged after it was written; restore it "
-                        "from a copy, or delete it to start the run over")
-        raw = body
-    return torch.load(io.BytesIO(raw), map_location="cpu", weights_only=False)
+    try:
+        body, _ = read_checksummed(path)
+    except ChecksumError as err:
+        raise error(f"checkpoint {err}") from None
+    return torch.load(io.BytesIO(body), map_location="cpu", weights_only=False)
 
 
 def read_checkpoint(path: Path, kind: str, error: type[Exception]) -> dict:

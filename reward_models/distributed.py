@@ -295,50 +295,37 @@ def summary_writer(log_dir: str):
     return SummaryWriter(log_dir)
 
 
-STATE_MAGIC = b"stepwise-state\n"  # then the payload's sha256 (64 hex digits and a newline), then torch.save bytes
-
-
 def save_main(obj, path) -> None:
-    """Write a trainer state on rank 0 only: ``torch.save`` bytes behind a SHA-256 of them, to a
-    temporary file that is fsynced and then renamed over ``path``, so a kill at any instant leaves
-    either the old state or the new one, and :func:`load_state` detects a file damaged after that."""
+    """Write a trainer state on rank 0 only: ``torch.save`` bytes with a sha256 trailer, written durably
+    (:mod:`episodes.durable`: temp file, fsync, rename), so a kill at any instant leaves either the old
+    state or the new one, and :func:`load_state` detects a file damaged after that."""
     if not is_main():
         return
-    import hashlib
     import io
 
-    path = Path(path)
+    from episodes.durable import write_checksummed
+
     buf = io.BytesIO()
     torch.save(obj, buf)
-    payload = buf.getvalue()
-    tmp = path.with_suffix(".tmp")
-    with open(tmp, "wb") as f:
-        f.write(STATE_MAGIC + hashlib.sha256(payload).hexdigest().encode() + b"\n" + payload)
-        f.flush()
-        os.fsync(f.fileno())
-    tmp.replace(path)
+    write_checksummed(path, buf.getvalue())
 
 
 def load_state(path, map_location=None):
     """Read a trainer state written by :func:`save_main` (checksum verified) or a plain ``torch.save``
-    file of an older run. A damaged file is refused with the fix (delete it to start over).
+    file. A damaged file is refused with the fix (delete it to start over).
 
     Loaded with ``weights_only=True``: tensors, numbers, strings and containers only (the samplers'
     generators travel as their ``bit_generator.state`` dicts), so no file runs code when read."""
-    import hashlib
     import io
 
-    path = Path(path)
-    raw = path.read_bytes()
-    if raw.startswith(STATE_MAGIC):
-        head = len(STATE_MAGIC)
-        digest, payload = raw[head:head + 64].decode("ascii", "replace"), raw[head + 65:]
-        if hashlib.sha256(payload).hexdigest() != digest:
-            raise ValueError(f"{path} is damaged (its SHA-256 does not match: a truncated or altered file): delete it "
-                             "to train from the start, or restore it from a copy")
-        raw = payload
+    from episodes.durable import ChecksumError, read_checksummed
+
     try:
-        return torch.load(io.BytesIO(raw), map_location=map_location, weights_only=True)
+        body, _ = read_checksummed(path)
+    except ChecksumError as err:
+        raise ValueError(f"the trainer state {err}") from None
+    try:
+        return torch.load(io.BytesIO(body), map_location=map_location, weights_only=True)
     except Exception as err:  # a truncated file, or one holding objects (an older Stepwise pickled its generators)
         raise ValueError(f"{path} cannot be read as a trainer state ({str(err).splitlines()[0]}): delete it to train "
                          "from the start (a state of an older Stepwise resumes only with that version)") from err
