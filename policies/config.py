@@ -112,6 +112,7 @@ class TrainSettings:
     demos: int = MISSING
     algo: str = MISSING
     resume: bool = MISSING
+    checkpoint_every: Optional[int] = None
     threads: int = MISSING
     offline_threads: Optional[int] = None
     device: str = MISSING
@@ -196,6 +197,9 @@ def check_config(cfg):
         raise TrainConfigError(f"agent.utd_ratio={cfg.agent.utd_ratio}: the update-to-data ratio must be >= 1")
     if cfg.online.updates_per_step < 0:
         raise TrainConfigError(f"online.updates_per_step={cfg.online.updates_per_step}: must be >= 0")
+    if cfg.get("checkpoint_every") is not None and cfg.checkpoint_every < 1:
+        raise TrainConfigError(f"checkpoint_every={cfg.checkpoint_every}: a checkpoint every N >= 1 online episodes, "
+                               "or null (at every evaluation only)")
     if cfg.online.episodes < 0 or cfg.online.max_steps < 1:
         raise TrainConfigError("online.episodes must be >= 0 and online.max_steps >= 1")
     if cfg.eval.every < 1 or cfg.eval.episodes < 1 or cfg.eval.final_episodes < 1 or cfg.eval.get("workers", 1) < 1:

@@ -4,8 +4,9 @@ and at most one checkpoint interval of work lost.
 
 - ``stepwise-collect``: episodes are committed one by one (the store's page journal); a kill loses at
   most the episode being recorded, and the resumed store holds each planned episode once.
-- ``stepwise-train``: checkpoints after every evaluation (``eval.every`` episodes); a kill loses at
-  most that many episodes; the resumed history starts with the checkpoint's rows, unchanged.
+- ``stepwise-train``: checkpoints every ``checkpoint_every`` episodes and after every evaluation
+  (``eval.every``); a kill loses at most ``checkpoint_every`` episodes (``eval.every`` without it); the
+  resumed history starts with the checkpoint's rows, unchanged.
 - ``stepwise-train-reset-free``: the same with ``checkpoint_every`` attempts.
 
 The kill points are drawn from a seeded generator: a progress count (read from the run's progress
@@ -94,9 +95,10 @@ def test_stepwise_train_survives_kills(tmp_path):
     from policies.config import TrainConfigError
     from policies.run_dir import read_checkpoint
 
-    every, episodes = 2, 6
+    every, evals, episodes = 2, 3, 6  # checkpoint_every=2 and at every evaluation (eval.every=3): after 2, 3, 4, 6
     args = [str(BIN / "stepwise-train"), "task=metaworld/reach", "demos=1", "reward.shaping=none", "pretrain.bc_steps=20",
-            "pretrain.steps=10", "online.max_steps=20", f"online.episodes={episodes}", f"eval.every={every}", "eval.episodes=1",
+            "pretrain.steps=10", "online.max_steps=20", f"online.episodes={episodes}", f"eval.every={evals}",
+            f"checkpoint_every={every}", "eval.episodes=1",
             "eval.final_episodes=1", "agent.batch_size=32", "agent.hidden_sizes=[32,32]", "adapt.steps=0", "threads=1",
             "offline_threads=1", f"hydra.run.dir={tmp_path / 'run'}"]
     ckpt = tmp_path / "run" / "checkpoint.pt"
@@ -109,7 +111,7 @@ def test_stepwise_train_survives_kills(tmp_path):
 
     kills = inject(args, args + ["resume=true"], tmp_path, "online", episodes, checkpointed, np.random.default_rng(SEED), 0.5)
     for (_, done, at), state in zip(kills, seen):
-        assert at % every == 0 or at == episodes  # checkpoints fall on the interval
+        assert at % every == 0 or at % evals == 0 or at == episodes  # checkpoints fall on the interval
         assert done - at <= every  # at most one interval lost
     final = read_checkpoint(ckpt, "stepwise-train", TrainConfigError)["state"]
     assert final["phase"] == "done" and final["episode"] == episodes

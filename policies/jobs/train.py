@@ -29,6 +29,7 @@ Rewards (sparse, a classifier's success, or dense; shaped by a progress model or
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import time
@@ -192,8 +193,9 @@ def run(cfg, run_dir: str | Path) -> dict:
             kept, model_dir = refresh_in_loop(cfg, run, state, pipeline, kept, demo_store, model_dir, writer)
         bar.update(1)
         bar.set_postfix(success=rec.success, steps=state.env_steps, alpha=f"{agent.alpha:.3f}")
-        if state.episode % cfg.eval.every == 0 or state.episode == n_episodes:
+        if evaluating := state.episode % cfg.eval.every == 0 or state.episode == n_episodes:
             run_eval(eval_seeds)
+        if evaluating or (cfg.checkpoint_every and state.episode % cfg.checkpoint_every == 0):
             checkpoint()
     bar.close()
     if kept is not None:
@@ -235,8 +237,6 @@ def _job(cfg, run_dir: Path) -> str:
     """The main job in Hydra's run folder; returns the closing line."""
     finished = Path(run_dir) / "report.json"
     if cfg.resume and finished.exists():  # a sweep launched again: its finished runs are kept, not redone
-        import json
-
         report = json.loads(finished.read_text())
         return (f"already finished: final success rate {report['final_success_rate']:.2f} after "
                 f"{report['online_episodes']} online episodes; report: {Path(run_dir) / 'report.md'}")
