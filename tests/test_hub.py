@@ -23,6 +23,18 @@ SHIPPED = ROOT / "reward_models" / "checkpoints"
 CAMS = ("corner", "corner2", "gripperPOV")
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread():
+    """One torch thread: on the shared 2-core machine, two threads under other jobs' load made SB3's
+    small updates about 20x slower (36 s against 1.9 s for this module's SAC run)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def frames(t=3, seed=0):
     rng = np.random.default_rng(seed)
     return {c: rng.integers(0, 255, (t, 96, 96, 3), dtype=np.uint8) for c in CAMS}
