@@ -8,6 +8,8 @@ and at most one checkpoint interval of work lost.
   (``eval.every``); a kill loses at most ``checkpoint_every`` episodes (``eval.every`` without it); the
   resumed history starts with the checkpoint's rows, unchanged.
 - ``stepwise-train-reset-free``: the same with ``checkpoint_every`` attempts.
+- ``stepwise-train-rm``: ``trainer_state.pt`` every ``checkpoint_every`` steps (checksummed); a kill loses
+  at most that many steps, and the resumed run says where it resumed.
 
 The kill points are drawn from a seeded generator: a progress count (read from the run's progress
 bar, past the last checkpoint) and a short random delay after it, so kills land in acting, learning,
@@ -121,6 +123,38 @@ def test_stepwise_train_survives_kills(tmp_path):
         assert key(final["history"][: len(state["history"])]) == key(state["history"])
     assert (tmp_path / "run" / "report.json").exists()
     print(f"stepwise-train: kills (aimed at episode, episodes done, checkpoint episode): {kills}")
+
+
+def test_stepwise_train_rm_survives_kills(tmp_path):
+    import sim
+    from episodes import EpisodeWriter
+    from reward_models import load
+    from reward_models.distributed import load_state
+    from sim.collect import Plan, record_episode
+
+    store = tmp_path / "drawer-close.hdf5"
+    task = sim.SimTask("metaworld/drawer-close", cameras=["corner", "gripperPOV"], image_size=32, split="demo")
+    try:
+        with EpisodeWriter(store, fsync=False) as writer:
+            for seed in range(3):
+                writer.add(record_episode(task, Plan("expert", seed), max_steps=150, post_success_steps=4))
+    finally:
+        task.close()
+    every, steps, out = 5, 40, tmp_path / "model"
+    state = out / "trainer_state.pt"
+    args = [str(BIN / "stepwise-train-rm"), "reward=step_prm", f"data={store}", f"out={out}", f"steps={steps}",
+            f"checkpoint_every={every}", "batch_episodes=2", "frames_per_episode=6", "pairs_per_episode=16",
+            "val_every_nth=0", "reward.image_size=32", "reward.encoder_size=32", "reward.cameras=[corner,gripperPOV]",
+            "reward.dim=32", "reward.width=16", "reward.device=cpu", "num_threads=1"]
+    kills = inject(args, args, tmp_path, "train step_prm", steps,
+                   lambda: load_state(state)["step"] if state.exists() else 0,  # verified: the checksum
+                   np.random.default_rng(SEED + 3), 0.3)
+    for _, done, at in kills:
+        assert at % every == 0 and done - at <= every  # checkpoints on the interval, at most one interval lost
+    logs = "".join(p.read_text(errors="replace") for p in sorted(tmp_path.glob("*.log")))
+    assert all(f"resuming from step {at} of {steps}" in logs for _, _, at in kills if at)
+    assert load_state(state)["step"] == steps and load(out).kind == "step_prm"
+    print(f"stepwise-train-rm: kills (aimed at step, steps done, checkpoint step): {kills}")
 
 
 def test_stepwise_collect_survives_kills(tmp_path):
