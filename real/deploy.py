@@ -1,7 +1,7 @@
 """`stepwise-deploy`: run a trained policy on a robot, rate-controlled, recorded, and stoppable.
 
     stepwise-robot-server robot=sim task=metaworld/drawer-open                # terminal 1
-    stepwise-deploy robot=remote task=metaworld/drawer-open policy=runs/x/policy.pt episodes=5
+    stepwise-deploy robot=remote task=metaworld/drawer-open policy=runs/x episodes=5
     stepwise-deploy robot=remote ... dry_run=true                              # moves nothing
 
 Per episode: homing (the driver's reset: a slow move to its home pose), then up to ``max_steps``
@@ -212,7 +212,7 @@ def deploy(cfg, run_dir: str | Path, policy: Policy | None = None, operator_stre
         raise ValueError("episodes and max_steps must be >= 1")
     if policy is None:
         if not cfg.policy:
-            raise ValueError("policy=<run dir or policy.pt> is required")
+            raise ValueError("policy=<run dir, its policy/ dir, or hf://org/name> is required")
         policy = load_by_name(cfg.policy_loader)(cfg.policy, task=cfg.task)
     dry = bool(cfg.dry_run)
     operator = Operator(enabled=bool(cfg.stop_key), stream=operator_stream)

@@ -144,7 +144,7 @@ def test_tiny_run_reports_and_resumes(tmp_path):
         assert report["attempts"] == 3 and report["resets"] == 2  # before attempts 0 and 2
         assert set(report["final"]) == {"forward", "backward", "backward_own_reset", "episodes"}
         assert [e["episode"] for e in report["evals"]] == [0, 2, 3]
-        assert (tmp_path / "success_curve.png").stat().st_size > 1000 and (tmp_path / "policy.pt").exists()
+        assert (tmp_path / "success_curve.png").stat().st_size > 1000 and (tmp_path / "policy" / "model.safetensors").exists()
         saved = json.loads((tmp_path / "report.json").read_text())
         assert saved["training_attempts"]["forward"]["attempts"] >= 1 and saved["detector"] is None
         with pytest.raises(ResetFreeConfigError, match="resume=true"):

@@ -20,7 +20,8 @@ The job, in order (a killed run resumes from its last checkpoint with ``resume=t
 3. reset-free online fine-tuning (RLPD symmetric sampling of demos and online data, TD3+BC term);
    every ``eval.every`` episodes each direction is evaluated on its own task with resets (eval split,
    deterministic policy, the simulator's success): the curve of the report;
-4. ``report.json``, ``report.md``, ``success_curve.png``, ``checkpoint.pt``, ``policy.pt``.
+4. ``report.json``, ``report.md``, ``success_curve.png``, ``checkpoint.pt``, ``policy/`` (config.json +
+   model.safetensors: loads without unpickling).
 
 Usage::
 
@@ -45,6 +46,7 @@ import numpy as np
 import torch
 
 from policies.agents import make_agent
+from policies.deploy import POLICY_DIR, save_policy
 from policies.pretrain import anneal_bc, bc_warm_start, calql_pretrain, start_online
 from policies.report import write_reset_free_report
 from policies.reset_free.checkpoint import RunState, load_checkpoint, save_checkpoint
@@ -212,8 +214,8 @@ def run(cfg, run_dir: str | Path) -> dict:
     state.loop, state.detector = dict(loop.counters.__dict__), dict(loop.detector.__dict__)
     state.wall_time_s = wall_before + time.perf_counter() - session_start
     report = write_reset_free_report(run_path, cfg, state, final, classifier)
-    torch.save({"kind": "stepwise-policy", "pair": cfg.pair, "tasks": list(get_pair(cfg.pair)), "policy": "state",
-                "obs_key": "state+direction_onehot", "agent": agent.state_dict()}, run_path / "policy.pt")
+    save_policy(run_path / POLICY_DIR, {"kind": "stepwise-policy", "pair": cfg.pair, "tasks": list(get_pair(cfg.pair)),
+                                        "policy": "state", "obs_key": "state+direction_onehot", "agent": agent.state_dict()})
     scene.close()
     eval_scene.close()
     return report
