@@ -50,12 +50,25 @@ def save_atomic(payload: dict, path: Path) -> None:
 
 
 def load_verified(path: Path, error: type[Exception]):
-    """``torch.load`` of a checkpoint whose trailer's sha256 matches (a file without a trailer: unverified)."""
+    """``torch.load`` of a checkpoint whose trailer's sha256 matches (a file without a trailer: unverified),
+    through torch's restricted unpickler (``weights_only=True`` plus numeric numpy arrays): a run folder
+    someone hands over never runs code when resumed."""
     try:
         body, _ = read_checksummed(path)
     except ChecksumError as err:
         raise error(f"checkpoint {err}") from None
-    return torch.load(io.BytesIO(body), map_location="cpu", weights_only=False)
+    with torch.serialization.safe_globals(numpy_array_globals()):  # arrays of numbers, never code
+        return torch.load(io.BytesIO(body), map_location="cpu", weights_only=True)
+
+
+def numpy_array_globals() -> list:
+    """What torch's restricted unpickler needs to rebuild the numpy arrays and scalars of a checkpoint
+    (replay rows, histories): array and scalar constructors of numeric data, nothing that runs code."""
+    try:
+        from numpy._core.multiarray import _reconstruct, scalar
+    except ImportError:  # numpy < 2
+        from numpy.core.multiarray import _reconstruct, scalar
+    return [np.ndarray, np.dtype, _reconstruct, scalar, *{type(np.dtype(c)) for c in "?bBhHiIlLqQefdgFDG"}]
 
 
 def read_checkpoint(path: Path, kind: str, error: type[Exception]) -> dict:

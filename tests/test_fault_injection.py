@@ -231,3 +231,29 @@ def test_a_damaged_checkpoint_fails_its_checksum(tmp_path, damage):
     with pytest.raises(TrainConfigError, match="fails its checksum" if damage == "flip" else "cannot be read"):
         read_checkpoint(path, "stepwise-train", TrainConfigError)
     assert torch.load(copy, weights_only=False)["x"][-1] == 1999  # a plain torch.load still reads an intact one
+
+
+class _Exploit:
+    """Unpickling this would create a file (a stand-in for running any command)."""
+
+    def __init__(self, target: str) -> None:
+        self.target = target
+
+    def __reduce__(self):
+        return (open, (self.target, "w"))
+
+
+def test_a_checkpoint_that_would_run_code_is_refused_even_with_a_valid_checksum(tmp_path):
+    """Resuming someone else's run folder never executes what its checkpoint pickled: the restricted
+    unpickler takes tensors, numbers, strings, containers and numeric numpy arrays only."""
+    from policies.config import TrainConfigError
+    from policies.run_dir import read_checkpoint, save_atomic
+
+    path, target = tmp_path / "checkpoint.pt", tmp_path / "pwned"
+    save_atomic({"version": 1, "kind": "stepwise-train", "rows": np.arange(6.0).reshape(2, 3), "x": _Exploit(str(target))}, path)
+    with pytest.raises(TrainConfigError, match="cannot be read"):
+        read_checkpoint(path, "stepwise-train", TrainConfigError)
+    assert not target.exists()
+    save_atomic({"version": 1, "kind": "stepwise-train", "rows": np.arange(6.0).reshape(2, 3), "n": np.float32(2)}, path)
+    ok = read_checkpoint(path, "stepwise-train", TrainConfigError)  # numeric arrays and scalars still load
+    assert ok["rows"].tolist() == [[0, 1, 2], [3, 4, 5]] and ok["n"] == 2
