@@ -131,15 +131,42 @@ class RemoteRobot:
                    "(serve with keys=<dir>, or drop the keys here)")
         return RobotLinkError(f"handshake with the robot server {self.address} failed: {why}")
 
+    def _send(self, frames: list, op: str, wait: float, deadline: float) -> None:
+        """Queue a request without blocking: a DEALER holds a send until a connection completes its
+        handshake, which a refused one never does; the monitor says why, or the deadline ends the wait."""
+        import zmq
+
+        poller = zmq.Poller()
+        poller.register(self._sock, zmq.POLLOUT)
+        poller.register(self._monitor, zmq.POLLIN)
+        while True:
+            try:
+                self._sock.send_multipart(frames, zmq.NOBLOCK)
+                return
+            except zmq.Again:
+                pass
+            left = deadline - _now_ms()
+            ready = dict(poller.poll(left)) if left > 0 else {}
+            if self._monitor in ready:
+                err = self._handshake_error()
+                if err is not None:
+                    self._drop()
+                    raise err
+            elif not ready:
+                self._drop()
+                raise RobotLinkError(f"robot server {self.address} took no {op!r} request within {wait:.0f} ms: is "
+                                     "`stepwise-robot-server` running there and reachable?")
+
     def _call(self, op: str, timeout_ms: float | None = None, **args: Any) -> tuple[dict, Observation | None]:
         import zmq
 
         if self._sock is None:
             self._open()
         seq = next(self._seq)
-        self._sock.send_multipart(protocol.encode({"v": protocol.VERSION, "op": op, "seq": seq, "token": self.token, **args}))
         wait = self.timeout_ms if timeout_ms is None else timeout_ms
         deadline = _now_ms() + wait
+        self._send(protocol.encode({"v": protocol.VERSION, "op": op, "seq": seq, "token": self.token, **args}), op,
+                   wait, deadline)
         poller = zmq.Poller()
         poller.register(self._sock, zmq.POLLIN)
         poller.register(self._monitor, zmq.POLLIN)
