@@ -250,7 +250,8 @@ def plot(groups: dict, path: Path) -> None:
         if pts:
             ax.plot(*zip(*pts), marker="o", label=reward)
     ax.set(xlabel="demonstrations", ylabel="mean final success", ylim=(-0.05, 1.05), xticks=DEMOS)
-    ax.legend(fontsize=7)
+    if ax.get_lines():  # no cell with today's learner yet: an empty plot, no legend
+        ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)
