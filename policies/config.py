@@ -35,6 +35,7 @@ class PretrainSettings:
 
     bc_steps: int = MISSING
     steps: int = MISSING
+    bc_weighting: str = "none"
 
 
 @dataclass
@@ -191,6 +192,11 @@ def check_config(cfg):
         raise TrainConfigError(f"reward.source={cfg.reward.source!r} unknown: use one of {SOURCES}")
     if cfg.reward.shaping not in SHAPINGS:
         raise TrainConfigError(f"reward.shaping={cfg.reward.shaping!r} unknown: use one of {SHAPINGS}")
+    if cfg.pretrain.get("bc_weighting", "none") not in ("none", "progress"):
+        raise TrainConfigError(f"pretrain.bc_weighting={cfg.pretrain.bc_weighting!r}: use none or progress")
+    if cfg.pretrain.get("bc_weighting", "none") == "progress" and (cfg.reward.shaping != "progress" or cfg.policy != "state"):
+        raise TrainConfigError("pretrain.bc_weighting=progress weights the demonstrations by the shaping potential's "
+                               "gain: it needs reward.shaping=progress and policy=state")
     if not 1 <= cfg.demos <= 10:
         raise TrainConfigError(f"demos={cfg.demos}: use 1 to 10 demonstrations")
     if cfg.agent.utd_ratio < 1:

@@ -9,16 +9,49 @@ from tqdm import tqdm
 
 
 def bc_warm_start(agent, buffer, steps: int, batch_size: int, rng: np.random.Generator, writer=None,
-                  log_every: int = 50) -> None:
+                  log_every: int = 50, weights: np.ndarray | None = None) -> None:
     """``steps`` actor-only behaviour-cloning updates on batches of ``buffer``; the loss goes to
-    ``writer`` (a TensorBoard SummaryWriter, or None) every ``log_every`` steps."""
+    ``writer`` (a TensorBoard SummaryWriter, or None) every ``log_every`` steps.
+
+    ``weights`` float (N,), one per row of ``buffer`` (reward-aligned BC, :func:`demo_bc_weights`):
+    rows are drawn with probability proportional to their weight instead of uniformly, the sampling
+    form of a weighted BC loss (rows of weight 0 are never cloned)."""
+    rows = p = None
+    if weights is not None:
+        weights = np.asarray(weights, np.float64)
+        if len(weights) != len(buffer) or weights.sum() <= 0:
+            raise ValueError(f"BC weights: {len(weights)} weights summing to {weights.sum():.3g} for a buffer of "
+                             f"{len(buffer)} rows: one non-negative weight per row, some positive")
+        rows, p = buffer.rows(), weights / weights.sum()
     for step in tqdm(range(int(steps)), desc="BC warm start", unit="step"):
-        b = buffer.sample(int(batch_size), rng, agent.device)
+        if rows is None:
+            b = buffer.sample(int(batch_size), rng, agent.device)
+        else:
+            idx = rng.choice(len(p), size=int(batch_size), p=p)
+            b = {k: torch.as_tensor(rows[k][idx], device=agent.device) for k in ("obs", "action")}
         loss = agent.bc_update(b["obs"], b["action"])
         if writer is not None and step % log_every == 0:
             writer.add_scalar("pretrain/bc_loss", loss, step)
     if getattr(agent.cfg, "proposal", False):  # IBRL: the cloned actor, frozen, proposes actions from now on
         agent.freeze_proposal()
+
+
+def demo_bc_weights(cfg, records, demo_terms) -> np.ndarray | None:
+    """``pretrain.bc_weighting=progress``: each demonstration action weighted by the progress it made
+    under the shaping potential (`reward_models.score.progress_weights`, after SARM's reward-aligned
+    BC): (rows,) in replay order, one per step of each record. None with ``bc_weighting=none``.
+
+    A demonstration ends at success, a true terminal whose potential is 0 by the shaping convention:
+    its last step's gain is measured to progress 1, where success puts it."""
+    if cfg.pretrain.get("bc_weighting", "none") == "none":
+        return None
+    from reward_models.score import progress_weights
+
+    out = []
+    for rec, terms in zip(records, demo_terms):
+        end = 1.0 if bool(rec.terminated[-1]) else float(terms["phi_next"][-1])
+        out.append(progress_weights(np.r_[np.asarray(terms["phi"], np.float64), end]))
+    return np.concatenate(out)
 
 
 def calql_pretrain(agent, buffer, steps: int, batch_rows: int, rng: np.random.Generator, writer=None,

@@ -43,7 +43,7 @@ from policies.config import TrainConfigError, check_config, offline_threads
 from policies.deploy import POLICY_DIR, save_policy
 from policies.episode import add_to_replay, demo_records, state_view
 from policies.loop import episode_row, evaluate, run_episode
-from policies.pretrain import anneal_bc, bc_warm_start, calql_pretrain, start_online
+from policies.pretrain import anneal_bc, bc_warm_start, calql_pretrain, demo_bc_weights, start_online
 from policies.report import write_train_report
 from policies.rewards import RewardPipeline
 from policies.online_store import OnlineEpisodeStore, keeps_episodes
@@ -111,8 +111,7 @@ def run(cfg, run_dir: str | Path) -> dict:
     agent, offline, new_buffer = make_learner(cfg, env, view, records, imitate)
     demo_terms = []
     for rec in records:
-        terms = pipeline(rec)
-        demo_terms.append(terms)
+        demo_terms.append(terms := pipeline(rec))
         add_to_replay(offline, rec, terms)
     demo_rows = len(offline)  # rows beyond these are imitated online episodes (online.imitate_successes)
     online = new_buffer(cfg.online.capacity)
@@ -151,7 +150,8 @@ def run(cfg, run_dir: str | Path) -> dict:
         t0 = time.perf_counter()
         torch.set_num_threads(offline_threads(cfg))
         if use_demos:
-            bc_warm_start(agent, offline, cfg.pretrain.bc_steps, cfg.agent.batch_size, rng, writer)
+            bc_warm_start(agent, offline, cfg.pretrain.bc_steps, cfg.agent.batch_size, rng, writer,
+                          weights=demo_bc_weights(cfg, records, demo_terms))
         if cfg.algo == "calql":
             calql_pretrain(agent, offline, cfg.pretrain.steps, batch_rows, rng, writer)
         stage_done("pretrain", t0)
