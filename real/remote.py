@@ -131,20 +131,15 @@ class RemoteRobot:
                    "(serve with keys=<dir>, or drop the keys here)")
         return RobotLinkError(f"handshake with the robot server {self.address} failed: {why}")
 
-    def _send(self, frames: list, op: str, wait: float, deadline: float) -> None:
-        """Queue a request without blocking: a DEALER holds a send until a connection completes its
-        handshake, which a refused one never does; the monitor says why, or the deadline ends the wait."""
+    def _await(self, event: int, deadline: float, timeout_msg: str) -> None:
+        """Until the socket is ready for ``event`` (zmq.POLLOUT / POLLIN): a failed handshake reported
+        by the monitor, or the deadline, drops the socket and raises the link error that says why."""
         import zmq
 
         poller = zmq.Poller()
-        poller.register(self._sock, zmq.POLLOUT)
+        poller.register(self._sock, event)
         poller.register(self._monitor, zmq.POLLIN)
         while True:
-            try:
-                self._sock.send_multipart(frames, zmq.NOBLOCK)
-                return
-            except zmq.Again:
-                pass
             left = deadline - _now_ms()
             ready = dict(poller.poll(left)) if left > 0 else {}
             if self._monitor in ready:
@@ -152,10 +147,11 @@ class RemoteRobot:
                 if err is not None:
                     self._drop()
                     raise err
-            elif not ready:
+            if self._sock in ready:
+                return
+            if not ready:
                 self._drop()
-                raise RobotLinkError(f"robot server {self.address} took no {op!r} request within {wait:.0f} ms: is "
-                                     "`stepwise-robot-server` running there and reachable?")
+                raise RobotLinkError(timeout_msg)
 
     def _call(self, op: str, timeout_ms: float | None = None, **args: Any) -> tuple[dict, Observation | None]:
         import zmq
@@ -165,27 +161,18 @@ class RemoteRobot:
         seq = next(self._seq)
         wait = self.timeout_ms if timeout_ms is None else timeout_ms
         deadline = _now_ms() + wait
-        self._send(protocol.encode({"v": protocol.VERSION, "op": op, "seq": seq, "token": self.token, **args}), op,
-                   wait, deadline)
-        poller = zmq.Poller()
-        poller.register(self._sock, zmq.POLLIN)
-        poller.register(self._monitor, zmq.POLLIN)
+        frames = protocol.encode({"v": protocol.VERSION, "op": op, "seq": seq, "token": self.token, **args})
+        while True:  # queued without blocking: a DEALER holds a send until a handshake completes, and a refused one never does
+            try:
+                self._sock.send_multipart(frames, zmq.NOBLOCK)
+                break
+            except zmq.Again:
+                self._await(zmq.POLLOUT, deadline, f"robot server {self.address} took no {op!r} request within "
+                            f"{wait:.0f} ms: is `stepwise-robot-server` running there and reachable?")
         while True:
-            left = deadline - _now_ms()
-            ready = dict(poller.poll(left)) if left > 0 else {}
-            if self._monitor in ready:
-                err = self._handshake_error()
-                if err is not None:
-                    self._drop()
-                    raise err
-                continue
-            if self._sock not in ready:
-                self._drop()
-                raise RobotLinkError(
-                    f"robot server {self.address} did not answer {op!r} within {wait:.0f} ms: is "
-                    "`stepwise-robot-server` running there and reachable? (the server's watchdog stops "
-                    "the robot when this client goes silent)"
-                )
+            self._await(zmq.POLLIN, deadline, f"robot server {self.address} did not answer {op!r} within {wait:.0f} ms: "
+                        "is `stepwise-robot-server` running there and reachable? (the server's watchdog stops the "
+                        "robot when this client goes silent)")
             header, obs = protocol.decode(self._sock.recv_multipart())
             if header.get("seq") == seq:
                 break  # replies to earlier, timed-out requests are dropped
