@@ -20,16 +20,7 @@ from reward_models.wrappers import LearnedSuccess, ProgressShaping
 TASK = "stepwise/drawer-close-v0"  # an instruction both shipped models have cached
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """One torch thread: on the shared 2-core machine, two threads under other jobs' load made SB3's
-    small updates about 20x slower (36 s against 1.9 s for this module's SAC run)."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread_per_module")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")
