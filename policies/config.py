@@ -318,8 +318,13 @@ def image_agent_config(cfg):
 
 
 def offline_threads(cfg) -> int:
-    """Torch threads for the stages that run alone (adaptation, pre-training): every core by default."""
-    return int(cfg.offline_threads or os.cpu_count() or 1)
+    """Torch threads for the stages that run alone (adaptation, pre-training): by default every core this
+    process may use, or OMP_NUM_THREADS where set (a Slurm job's share, a test worker beside others)."""
+    if cfg.offline_threads:
+        return int(cfg.offline_threads)
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    omp = os.environ.get("OMP_NUM_THREADS", "")
+    return max(1, min(usable, int(omp))) if omp.isdigit() and int(omp) > 0 else usable
 
 
 def tool_config(name: str, overrides: Mapping[str, Any], reward: str | None = None):
