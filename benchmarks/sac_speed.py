@@ -46,6 +46,8 @@ class Contender:
     step: Callable[[], int]
     conservative: str = "-"
     """the Cal-QL term's rows ('-': none)"""
+    compiled: bool = False
+    """the update as one compiled graph (`SACConfig.compile`)"""
     """does some updates (sampling included), returns how many"""
 
 
@@ -62,7 +64,8 @@ def random_transitions(seed: int = 0) -> dict[str, np.ndarray]:
 
 
 def ours(data: dict[str, np.ndarray], width: int, critics: int, subsample: int | None, utd: int,
-         layer_norm: bool = True, precision: str = "fp32", cql_rows: int | None | str = "-") -> Contender:
+         layer_norm: bool = True, precision: str = "fp32", cql_rows: int | None | str = "-",
+         compile: bool = False) -> Contender:
     """`SAC.update` on batches of utd * 256 rows drawn by `ReplayBuffer.sample`. With ``cql_rows`` (an
     int, or None for every row): stepwise-train's online learner, with Cal-QL's conservative term on
     that many rows, the TD3+BC term on half the rows, relative state features, no entropy backup."""
@@ -72,7 +75,8 @@ def ours(data: dict[str, np.ndarray], width: int, critics: int, subsample: int |
     learner = {} if cql_rows == "-" else dict(cql_alpha=1.0, cql_rows=cql_rows, bc_weight=0.5, backup_entropy=False,
                                                state_features="relative")
     cfg = SACConfig(hidden_sizes=(width, width), num_critics=critics, critic_subsample=subsample, utd_ratio=utd,
-                    batch_size=BATCH, layer_norm=layer_norm, device="cpu", precision=precision, **learner)
+                    batch_size=BATCH, layer_norm=layer_norm, device="cpu", precision=precision, compile=compile,
+                    **learner)
     agent, rng = SAC(OBS_DIM, ACT_DIM, cfg), np.random.default_rng(0)
     demo = (torch.arange(utd * BATCH) % 2 == 0).float()  # the offline half of a mixed batch
 
@@ -85,7 +89,9 @@ def ours(data: dict[str, np.ndarray], width: int, critics: int, subsample: int |
 
     label = f"{critics}" if subsample is None else f"{critics}, target min of {subsample}"
     term = "-" if cql_rows == "-" else f"{BATCH if cql_rows is None else cql_rows} rows"
-    return Contender("ours", label, width, utd, layer_norm, precision, step, term)
+    if compile:  # the first update compiles (tens of seconds): not part of any timed loop
+        step()
+    return Contender("ours", label, width, utd, layer_norm, precision, step, term, compile)
 
 
 def theirs(data: dict[str, np.ndarray], width: int) -> Contender:
@@ -172,6 +178,7 @@ def main() -> None:
     import stable_baselines3
 
     torch.manual_seed(0)
+    torch.set_num_threads(min(args.threads))  # compiled contenders compile their element-wise loops for this count
     data = random_transitions()
     contenders = [
         theirs(data, 256),
@@ -181,6 +188,9 @@ def main() -> None:
         ours(data, 256, 2, None, 1, layer_norm=False, precision="bf16"),
         ours(data, 256, 2, None, 1, cql_rows=None),  # stepwise-train online, the conservative term on every row
         ours(data, 256, 2, None, 1, cql_rows=64),  # ... on a quarter of the rows (online.cql_rows=64)
+        ours(data, 256, 2, None, 1, compile=True),  # the same updates as one compiled graph (agent.compile)
+        ours(data, 256, 2, None, 1, layer_norm=False, compile=True),
+        ours(data, 256, 2, None, 1, cql_rows=64, compile=True),  # stepwise-train's online learner, compiled
         ours(data, 256, 2, None, 2),
         ours(data, 256, 10, 2, 1),
         theirs(data, 512),
@@ -218,6 +228,7 @@ def main() -> None:
             of_floor = f"{rate / floor_rate[c.width]:.0%}" if threads == 1 and c.width in floor_rate else "-"
             rows.append(
                 f"| {c.agent} | {c.critics} | {c.width}x{c.width} | {'yes' if c.layer_norm else 'no'} | {c.precision} "
+                f"| {'yes' if c.compiled else 'no'} "
                 f"| {c.conservative} | {c.utd} | {threads} | {section_load[threads]:.1f} "
                 f"| {rounded(rate)} ({rounded(min(runs))}-{rounded(max(runs))}) "
                 f"| {rounded(rate * c.utd)} | {ratio:.2f}x | {of_floor} |"
@@ -241,9 +252,10 @@ def main() -> None:
         f"measure that contention more than the agents. 'Cal-QL term' rows are stepwise-train's online learner "
         f"(conservative term with 4 actions from each of 3 sources on that many rows of the batch, the TD3+BC term, "
         f"relative state features; `online.cql_rows`); the others are plain SAC. 'of floor': updates/s over the "
-        f"float32 compute floor below (1 thread).\n\n"
-        "| agent | critics | width | LayerNorm | precision | Cal-QL term | utd | threads | load | updates/s | critic steps/s | vs SB3 | of floor |\n"
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|\n"
+        f"float32 compute floor below (1 thread). 'compiled' rows run the whole update as one graph compiled "
+        f"by torch.compile (`agent.compile`, policies/sac_fused.py); their compile, before the timed loops, is not counted.\n\n"
+        "| agent | critics | width | LayerNorm | precision | compiled | Cal-QL term | utd | threads | load | updates/s | critic steps/s | vs SB3 | of floor |\n"
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n"
     )
     floor_rows = []
     for width, f in flops.items():

@@ -292,10 +292,31 @@ def sac_config(cfg, error: type[Exception] = TrainConfigError):
     fields = OmegaConf.to_container(cfg.agent, resolve=True)
     fields["hidden_sizes"] = tuple(fields["hidden_sizes"])
     fields["device"] = cfg.device
+    if fields.get("compile") == "auto":
+        fields["compile"] = expected_updates(cfg) >= COMPILE_PAYS_BACK
     try:
         return SACConfig(**fields)
     except TypeError as err:
         raise error(f"agent settings: {err}; see policies.sac.SACConfig for the fields") from err
+
+
+COMPILE_PAYS_BACK = 10_000
+"""agent.compile=auto compiles the update (policies/sac_fused.py) for runs of at least this many online
+updates: on the 2-core machine the compile took about 40 s per graph (two: pre-training's and the online
+one) and each update then saved about 9 ms (benchmarks/results/sac_speed.md), so it repays itself near
+here and saves minutes on a 150-episode run"""
+
+
+def expected_updates(cfg) -> int:
+    """Online agent updates a stepwise-train run will do at most: episodes x time limit x updates per step
+    (0 where the config has no online phase of that shape)."""
+    from omegaconf import OmegaConf
+
+    episodes, steps = OmegaConf.select(cfg, "online.episodes"), OmegaConf.select(cfg, "online.max_steps")
+    per_step = OmegaConf.select(cfg, "online.updates_per_step", default=1)
+    if episodes is None or steps is None or OmegaConf.select(cfg, "algo") == "bc":
+        return 0
+    return int(episodes) * int(steps) * int(per_step or 1)
 
 
 def image_agent_config(cfg):
@@ -310,6 +331,8 @@ def image_agent_config(cfg):
     fields["device"] = cfg.device
     fields["state_features"] = "raw"  # actor and critics read pixel features here, not Meta-World's state
     fields["n_step"] = 1  # the image replay stores one-step rows; agent.n_step applies to policy=state
+    if fields.get("compile") == "auto":  # the compiled update is the flat-state agent's
+        fields["compile"] = False
     try:
         return ImageSACConfig(**fields)
     except (TypeError, ValueError) as err:

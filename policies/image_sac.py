@@ -61,6 +61,9 @@ class ImageSACConfig(SACConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if self.compile:
+            raise ValueError("compile=True compiles the flat-state SAC update (policies.sac_fused); the image "
+                             "policy's update (encoder and augmentation) runs eagerly: set agent.compile=false")
         self.encoder_strides = tuple(int(s) for s in self.encoder_strides)
         if not self.encoder_strides or min(self.encoder_strides) < 1:
             raise ValueError(f"encoder_strides must be non-empty positive strides, got {self.encoder_strides}")

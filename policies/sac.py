@@ -108,6 +108,11 @@ class SACConfig:
     fused_adam: bool = True
     """Adam's fused kernel (one kernel per parameter tensor; the same update as the default one);
     falls back to the default where this torch lacks it for the device"""
+    compile: bool = False
+    """the whole update (critic steps, actor, temperature, Adam, target averaging) as one graph compiled by
+    torch.compile (`policies.sac_fused`): the same step with far fewer kernel launches, after a compile of
+    tens of seconds on first use (stepwise-train's ``agent.compile=auto`` turns it on for runs long enough
+    to repay that; benchmarks/sac_speed.py measures both). Flat states only (not ImageSAC)"""
 
     def __post_init__(self) -> None:
         self.hidden_sizes = tuple(int(h) for h in self.hidden_sizes)
@@ -137,6 +142,9 @@ class SACConfig:
             raise ValueError(f"state_features must be one of {STATE_FEATURES}, got {self.state_features!r}")
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
+        if not isinstance(self.compile, bool):
+            raise ValueError(f"compile must be true or false, got {self.compile!r} (stepwise-train resolves 'auto' "
+                             "from the run's length before building the agent)")
         if self.bc_q_floor <= 0:
             raise ValueError(f"bc_q_floor must be > 0, got {self.bc_q_floor}")
         if self.init_temperature <= 0 or self.bc_weight < 0:
@@ -332,6 +340,8 @@ class SAC:
         """multiplier of the behaviour-cloning term; the trainer anneals it"""
         self.cql_rows = cfg.cql_rows
         """rows the conservative term uses (None: all); the trainer may lower it online"""
+        self.fused = None
+        """the compiled update (`policies.sac_fused.FusedUpdate`), built by the first `update` with ``compile``"""
         self.proposal: TanhGaussianActor | None = None
         """IBRL's frozen BC actor (`freeze_proposal`), None until then or without ``proposal``"""
 
@@ -410,9 +420,18 @@ class SAC:
         """One learning step: utd_ratio critic steps, then one actor and one temperature step.
 
         Returns floats: critic_loss, actor_loss, alpha_loss, alpha, q_mean, bc_loss, entropy,
-        cql_loss (the conservative penalty before weighting; 0 when cql_alpha is 0).
+        cql_loss (the conservative penalty before weighting; 0 when cql_alpha is 0). With ``compile``
+        the same step runs as one compiled graph (`policies.sac_fused`).
         """
         b = self._check_batch(batch)
+        if self.cfg.compile:
+            if self.fused is None:
+                from policies.sac_fused import FusedUpdate
+
+                self.fused = FusedUpdate(self)
+            info = self.fused(b)
+            self.num_updates += 1
+            return info
         n = b["action"].shape[0] // self.cfg.utd_ratio
         for k in range(self.cfg.utd_ratio):  # critic: regress every member onto the shared target
             mb = batch_rows(b, slice(k * n, (k + 1) * n))
@@ -421,12 +440,11 @@ class SAC:
         self.num_updates += 1
         return info
 
-    def critic_step(self, mb: Mapping) -> tuple[torch.Tensor, dict[str, float]]:
-        """Regress every critic onto the shared target (+ the conservative term when cql_alpha > 0).
-
-        Returns the detached features of ``mb["obs"]`` and {critic_loss, q_mean, cql_loss}. With an
-        encoder (ImageSAC) this loss is what trains it; the next observation is encoded without gradient.
-        """
+    def critic_loss(self, mb: Mapping) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+        """Every critic's regression onto the shared target (+ the conservative term when cql_alpha > 0),
+        forward passes under `autocast`. Returns (loss, detached features of ``mb["obs"]``, detached
+        statistics: critic_loss, q_mean, cql_loss and, with a proposal actor, proposal_share). With an
+        encoder (ImageSAC) this loss is what trains it; the next observation is encoded without gradient."""
         cfg = self.cfg
         with self.autocast():  # forward passes only: backward and the optimiser step run outside
             obs = self.encode(mb["obs"], augment=True)
@@ -434,51 +452,68 @@ class SAC:
                 next_obs = self.encode(mb["next_obs"], augment=True)
             y = self.critic_target_values(mb["reward"], next_obs, mb["terminated"], mb.get("horizon")).float()
             q = self.critic(obs, mb["action"]).float()  # (E, B)
-            critic_loss = F.mse_loss(q, y.unsqueeze(0).expand_as(q)) * cfg.num_critics  # sum over members
+            loss = F.mse_loss(q, y.unsqueeze(0).expand_as(q)) * cfg.num_critics  # sum over members
             cql_loss = torch.zeros((), device=self.device)
             if self.cql_alpha > 0:
                 cql_loss = self.conservative_penalty(obs, next_obs, q, mb.get("mc_return"))
-                critic_loss = critic_loss + self.cql_alpha * cql_loss
-        self.critic_opt.zero_grad(set_to_none=True)
-        critic_loss.backward()
-        self.critic_opt.step()
-        with torch.no_grad():  # Polyak averaging of the target critics (the ensemble: a few stacked tensors)
-            for target, online in zip(self.critic_target.parameters(), self.critic.parameters()):
-                target.lerp_(online, cfg.tau)
-        info = {"critic_loss": critic_loss.item(), "q_mean": q.mean().item(), "cql_loss": cql_loss.item()}
+                loss = loss + self.cql_alpha * cql_loss
+        stats = {"critic_loss": loss.detach(), "q_mean": q.detach().mean(), "cql_loss": cql_loss.detach()}
         if self.proposal is not None:  # the share of target rows bootstrapped from the BC action
-            info["proposal_share"] = float(self.proposal_share)
-        return obs.detach(), info
+            stats["proposal_share"] = self.proposal_share
+        return loss, obs.detach(), stats
 
-    def actor_step(self, features: torch.Tensor, mb: Mapping) -> dict[str, float]:
-        """Actor: maximise mean_e Q_e(s, pi(s)) - alpha log pi, plus BC on demo rows; then the temperature.
-
-        ``features`` are detached: an encoder gets no gradient from the actor (DrQ)."""
+    def actor_loss(self, features: torch.Tensor, mb: Mapping, bc_coef: float | torch.Tensor
+                   ) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+        """mean over rows of alpha log pi - mean_e Q_e(s, pi(s)) (RLPD's mean over members), with TD3+BC's
+        scaling and the BC term on demo rows (times ``bc_coef``) when bc_weight > 0. Returns (loss, the
+        detached log-probabilities the temperature reads, detached statistics: actor_loss, bc_loss, entropy).
+        Gradients reach the critics' parameters unless the caller keeps them out (`actor_step`)."""
         cfg = self.cfg
-        features = features.detach()
         with self.autocast():
             action, logp, _ = self.actor.sample(features)
             action, logp = action.float(), logp.float()
-            self.critic.requires_grad_(False)  # gradients flow through Q to the action only
-            q_pi = self.critic(features, action).float().mean(dim=0)  # mean over members, as RLPD
-            self.critic.requires_grad_(True)
-        actor_loss = (self.log_alpha.exp().detach() * logp - q_pi).mean()
+            q_pi = self.critic(features, action).float().mean(dim=0)
+        loss = (self.log_alpha.exp().detach() * logp - q_pi).mean()
         demo = mb.get("demo")
         bc_loss = torch.zeros((), device=self.device)
-        if demo is not None and demo.sum() > 0:
-            bc_loss = (((action - mb["action"]) ** 2).sum(-1) * demo).sum() / demo.sum()
+        if demo is not None:  # MSE to the demonstrated actions on demo rows (0 where a batch holds none)
+            bc_loss = (((action - mb["action"]) ** 2).sum(-1) * demo).sum() / demo.sum().clamp_min(1.0)
         if cfg.bc_weight > 0:  # TD3+BC: scale the RL term by bc_weight / mean|Q| so BC's pull is scale-free
-            actor_loss = cfg.bc_weight / q_pi.abs().mean().detach().clamp_min(cfg.bc_q_floor) * actor_loss + self.bc_coef * bc_loss
+            loss = cfg.bc_weight / q_pi.abs().mean().detach().clamp_min(cfg.bc_q_floor) * loss + bc_coef * bc_loss
+        return loss, logp.detach(), {"actor_loss": loss.detach(), "bc_loss": bc_loss.detach(), "entropy": -logp.detach().mean()}
+
+    def alpha_loss(self, log_alpha: torch.Tensor, logp: torch.Tensor) -> torch.Tensor:
+        """The temperature's loss: raises alpha when the entropy -logp is below its target, lowers it when above."""
+        return -(log_alpha * (logp + self.target_entropy)).mean()
+
+    def critic_step(self, mb: Mapping) -> tuple[torch.Tensor, dict[str, float]]:
+        """One optimiser step of the critics on `critic_loss`, then Polyak averaging of their targets.
+        Returns the detached features of ``mb["obs"]`` and the statistics as floats."""
+        loss, features, stats = self.critic_loss(mb)
+        self.critic_opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.critic_opt.step()
+        with torch.no_grad():  # Polyak averaging of the target critics (the ensemble: a few stacked tensors)
+            for target, online in zip(self.critic_target.parameters(), self.critic.parameters()):
+                target.lerp_(online, self.cfg.tau)
+        return features, {k: float(v) for k, v in stats.items()}
+
+    def actor_step(self, features: torch.Tensor, mb: Mapping) -> dict[str, float]:
+        """One optimiser step of the actor on `actor_loss` (the critics' parameters get no gradient), then one
+        of the temperature. ``features`` are detached: an encoder gets no gradient from the actor (DrQ)."""
+        self.critic.requires_grad_(False)  # gradients flow through Q to the action only
+        try:
+            loss, logp, stats = self.actor_loss(features.detach(), mb, self.bc_coef)
+        finally:
+            self.critic.requires_grad_(True)
         self.actor_opt.zero_grad(set_to_none=True)
-        actor_loss.backward()
+        loss.backward()
         self.actor_opt.step()
-        # temperature: raise alpha when entropy is below target, lower it when above
-        alpha_loss = -(self.log_alpha * (logp.detach() + self.target_entropy)).mean()
+        alpha_loss = self.alpha_loss(self.log_alpha, logp)
         self.alpha_opt.zero_grad(set_to_none=True)
         alpha_loss.backward()
         self.alpha_opt.step()
-        return {"actor_loss": actor_loss.item(), "alpha_loss": alpha_loss.item(), "alpha": self.alpha,
-                "bc_loss": bc_loss.item(), "entropy": -logp.mean().item()}
+        return {**{k: float(v) for k, v in stats.items()}, "alpha_loss": alpha_loss.item(), "alpha": self.alpha}
 
     def bc_update(self, obs: torch.Tensor, action: torch.Tensor) -> float:
         """One behaviour-cloning step of the actor alone (the warm start): MSE of a reparameterised

@@ -527,3 +527,57 @@ def test_n_step_transitions_and_the_target_discount():
     one.add_episode(obs, np.zeros((4, 1)), r, np.array([0, 0, 0, 1.0]))
     np.testing.assert_array_equal(one.next_obs[:4], obs[1:])
     np.testing.assert_array_equal(one.reward[:4], r)
+
+
+def test_compiled_update_is_the_eager_update():
+    """agent.compile: the whole update as one compiled graph (policies/sac_fused.py) takes the same steps as
+    the eager one: stepwise-train's online learner (Cal-QL term on 64 rows, TD3+BC with an annealed BC
+    weight, n-step rows, relative state features, utd 2), the same random draws (inductor's fallback_random),
+    the same parameters, optimiser states and statistics after 3 updates; the two paths share one state,
+    so an eager update continues a compiled run and a checkpoint loads into either."""
+    import torch._inductor.config as inductor_config
+
+    rng = np.random.default_rng(0)
+    n = 2 * 128
+    batches = []
+    for _ in range(4):
+        b = random_batch(rng, n, obs_dim=39, act_dim=4)
+        b.update(mc_return=torch.as_tensor(rng.normal(size=n), dtype=torch.float32),
+                 horizon=torch.as_tensor(rng.integers(1, 4, n), dtype=torch.float32))
+        batches.append(b)
+    kw = dict(hidden_sizes=(64, 64), batch_size=128, utd_ratio=2, device="cpu", cql_alpha=1.0, cql_rows=64,
+              bc_weight=0.5, backup_entropy=False, state_features="relative", n_step=3)
+    agents = []
+    for compile in (False, True):
+        torch.manual_seed(0)
+        agent = SAC(39, 4, SACConfig(**kw, compile=compile))
+        agent.bc_coef = 0.8
+        agents.append(agent)
+    eager, compiled = agents
+    with inductor_config.patch(fallback_random=True):
+        for i, b in enumerate(batches[:3]):
+            for agent in agents:
+                torch.manual_seed(100 + i)
+                agent.bc_coef -= 0.1  # annealed between updates: a tensor input, never a recompile
+                stats = agent.update(b)
+                assert set(stats) == {"critic_loss", "q_mean", "cql_loss", "actor_loss", "bc_loss", "entropy",
+                                      "alpha_loss", "alpha"}
+                agent.last = stats
+            for k, v in eager.last.items():
+                assert compiled.last[k] == pytest.approx(v, rel=1e-3, abs=1e-4), k
+    for name in ("actor", "critic", "critic_target"):
+        for (key, p), q in zip(getattr(eager, name).state_dict().items(), getattr(compiled, name).state_dict().values()):
+            torch.testing.assert_close(q, p, rtol=0, atol=5e-4, msg=f"{name}.{key}")
+    for opt, steps in (("actor_opt", 3.0), ("critic_opt", 6.0), ("alpha_opt", 3.0)):  # utd 2: two critic steps each
+        st_e, st_c = getattr(eager, opt).state_dict()["state"], getattr(compiled, opt).state_dict()["state"]
+        assert [s["step"].item() for s in st_c.values()] == [s["step"].item() for s in st_e.values()] == [steps] * len(st_e)
+        for a, c in zip(st_e.values(), st_c.values()):
+            torch.testing.assert_close(c["exp_avg"], a["exp_avg"], rtol=0, atol=1e-4)
+    torch.testing.assert_close(compiled.log_alpha, eager.log_alpha)
+    # one state: a checkpoint of the compiled agent loads into an eager one, which goes on from it
+    resumed = SAC(39, 4, SACConfig(**kw))
+    resumed.load_state_dict(compiled.state_dict())
+    resumed.update(batches[3])
+    assert resumed.critic_opt.state_dict()["state"][0]["step"].item() == 8.0
+    with pytest.raises(ValueError, match="true or false"):
+        SACConfig(compile="auto")
