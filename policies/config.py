@@ -293,7 +293,7 @@ def sac_config(cfg, error: type[Exception] = TrainConfigError):
     fields["hidden_sizes"] = tuple(fields["hidden_sizes"])
     fields["device"] = cfg.device
     if fields.get("compile") == "auto":
-        fields["compile"] = expected_updates(cfg) >= COMPILE_PAYS_BACK
+        fields["compile"] = expected_updates(cfg) >= COMPILE_PAYS_BACK and cxx_compiler() is not None
     try:
         return SACConfig(**fields)
     except TypeError as err:
@@ -305,6 +305,17 @@ COMPILE_PAYS_BACK = 10_000
 updates: on the 2-core machine the compile took about 40 s per graph (two: pre-training's and the online
 one) and each update then saved about 9 ms (benchmarks/results/sac_speed.md), so it repays itself near
 here and saves minutes on a 150-episode run"""
+
+
+def cxx_compiler() -> str | None:
+    """The C++ compiler torch.compile's CPU code needs ($CXX, else c++, g++ or clang++ on PATH), or None:
+    agent.compile=auto stays eager on a machine without one."""
+    import shutil
+
+    for name in (os.environ.get("CXX"), "c++", "g++", "clang++"):
+        if name and shutil.which(name):
+            return shutil.which(name)
+    return None
 
 
 def expected_updates(cfg) -> int:

@@ -348,3 +348,18 @@ def test_an_early_first_refresh_joins_the_schedule():
     plain = cfg_of(*SMALL[:1], "reward.shaping=progress", "refresh.every=10")
     assert [e for e in range(1, 60) if refresh_due(plain, e, 40)] == [10, 20, 30]
     assert not any(refresh_due(cfg_of(*SMALL[:1], "refresh.first=3"), e, 40) for e in range(1, 60))  # every=0: never
+
+
+def test_compile_auto_compiles_the_update_only_for_runs_long_enough_to_repay_it(monkeypatch):
+    from policies.config import COMPILE_PAYS_BACK, expected_updates, image_agent_config, sac_config
+
+    default = cfg_of()
+    assert expected_updates(default) == 60 * 200 >= COMPILE_PAYS_BACK and sac_config(default).compile is True
+    assert expected_updates(cfg_of(*SMALL)) == 60 and sac_config(cfg_of(*SMALL)).compile is False
+    assert sac_config(cfg_of("agent.compile=false")).compile is False
+    assert sac_config(cfg_of(*SMALL, "agent.compile=true")).compile is True
+    assert sac_config(cfg_of("algo=bc")).compile is False  # no online phase
+    assert image_agent_config(cfg_of("policy=image")).compile is False  # the image agent's update runs eagerly
+    monkeypatch.setenv("PATH", "")  # no C++ compiler: auto stays eager
+    monkeypatch.delenv("CXX", raising=False)
+    assert sac_config(default).compile is False
