@@ -1,6 +1,6 @@
 """SAC update throughput on CPU: this project's `policies.sac.SAC` against Stable-Baselines3's SAC.
 
-Run: ``.venv/bin/python benchmarks/sac_speed.py`` (about 5 minutes at the default 5 s per loop;
+Run: ``.venv/bin/python benchmarks/sac_speed.py`` (about 10 minutes per thread count at the default 5 s per loop;
 needs ``pip install stable-baselines3``). Prints a table and writes it to
 ``benchmarks/results/sac_speed.md``. Both agents learn from replay buffers holding the same
 100,000 random Meta-World-sized transitions (39 state dims, 4 action dims), batch 256, on the
