@@ -1,9 +1,11 @@
 """State-based SAC with a batched, LayerNorm critic ensemble (RLPD-style), in one file.
 
 Read top to bottom: `SACConfig` (every hyperparameter), the networks (`TanhGaussianActor`,
-`CriticEnsemble`), then `SAC.update`, the whole learning step on one screen. The file is longer
-than 600 lines because it is one algorithm kept whole, as CleanRL keeps its single-file agents:
-config, networks, update and save/load read in order without jumping between files.
+`CriticEnsemble`), then `SAC.update`: the loss methods (`critic_loss`, `actor_loss`, `alpha_loss`) and
+the eager steps that apply them (`policies.sac_fused` compiles the same loss methods into one graph
+with ``compile``). The file is longer than 600 lines because it is one algorithm kept whole, as
+CleanRL keeps its single-file agents: config, networks, losses, update and save/load read in order
+without jumping between files.
 
 Batch contract (what `update` reads; `policies.replay` produces it), all float32 torch tensors:
     obs (N, S), action (N, A) in [-1, 1], reward (N,), next_obs (N, S),
