@@ -312,10 +312,8 @@ def cxx_compiler() -> str | None:
     agent.compile=auto stays eager on a machine without one."""
     import shutil
 
-    for name in (os.environ.get("CXX"), "c++", "g++", "clang++"):
-        if name and shutil.which(name):
-            return shutil.which(name)
-    return None
+    found = (shutil.which(name) for name in (os.environ.get("CXX"), "c++", "g++", "clang++") if name)
+    return next((path for path in found if path), None)
 
 
 def expected_updates(cfg) -> int:

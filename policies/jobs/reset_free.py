@@ -46,6 +46,7 @@ import numpy as np
 import torch
 
 from policies.agents import make_agent
+from policies.config import offline_threads
 from policies.deploy import POLICY_DIR, save_policy
 from policies.pretrain import anneal_bc, bc_warm_start, calql_pretrain, start_online
 from policies.report import write_reset_free_report
@@ -85,7 +86,7 @@ def run(cfg, run_dir: str | Path) -> dict:
     state = RunState(**ckpt["state"]) if ckpt else RunState()
     wall_before, session_start = state.wall_time_s, time.perf_counter()
     gamma, success_reward = float(cfg.agent.gamma), cfg.success_reward
-    threads = cfg.offline_threads or torch.get_num_threads()
+    threads = offline_threads(cfg)
 
     classifier = None
     if cfg.success == "classifier" or cfg.monitor:

@@ -10,9 +10,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
-import torch
 
-from policies.config import tool_config
+from policies.config import offline_threads, tool_config
 from sim.task_pair import ResetFreeConfigError, TaskPairScene, get_pair
 from sim.tasks import get_task
 
@@ -139,7 +138,7 @@ def adapt_classifier(cfg, run_path: Path) -> str:
     rm = tool_config("train_rm", {
         "reward": {"adapt_steps": int(cfg.adapt.steps), "adapt_lr": float(cfg.adapt.lr)},
         "init": str(cfg.classifier), "data": str(data), "out": str(out), "seed": int(cfg.seed),
-        "num_threads": int(cfg.offline_threads or torch.get_num_threads()),
+        "num_threads": offline_threads(cfg),
     }, reward="vlm_success")
     log.info("adapting %s to reset-free %s scenes: stepwise-train-rm reward=vlm_success init=%s data=%s out=%s "
              "reward.adapt_steps=%d", cfg.classifier, cfg.pair, cfg.classifier, data, out, int(cfg.adapt.steps))
