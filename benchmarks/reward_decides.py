@@ -18,7 +18,8 @@ its checkpoint, so the grid can be run in parts across sittings or machines. The
 from the run folders alone: a cell is named by its ``report.json`` and ``.hydra/config.yaml`` (task,
 demonstrations, seed, reward), never by its path, so runs made by a sweep anywhere can be tabulated
 together. Rows with other learner settings than the benchmark's (``.hydra/overrides.yaml`` beyond the
-grid's keys) are kept apart under their overrides. Writes ``benchmarks/results/reward_decides.md``
+grid's keys) are kept apart under their overrides. Rows of the earlier table whose run folders are
+not on this machine are kept (``--fresh``: the folders alone), so the grid grows across sittings. Writes ``benchmarks/results/reward_decides.md``
 (+ .json, .png).
 """
 
@@ -99,7 +100,7 @@ def reward_label(config: dict) -> str:
 LEARNER_KEYS = {"agent.n_step": 1, "agent.proposal": False, "agent.cql_rows": None, "agent.utd_ratio": 1,
                 "agent.bc_weight": 0.5, "online.cql_rows": None, "online.cql_alpha": 1.0, "online.bc_final": 1.0,
                 "online.bc_anneal_episodes": 150, "online.imitate_successes": False, "online.offline_fraction": 0.5,
-                "refresh.every": 0, "pretrain.bc_steps": 3000, "pretrain.steps": 1000}
+                "refresh.every": 0, "pretrain.bc_steps": 3000, "pretrain.steps": 1000, "agent.init_temperature": 1.0}
 
 
 def _get(config: dict, key: str, absent):
@@ -157,6 +158,33 @@ def load_cells(dirs: list[Path]) -> list[dict]:
                           "reward": reward_label(config), "learner": learner_label(config, overrides or [], defaults),
                           "episodes": int(r["online_episodes"]), "run": str(run), "report": r})
     return cells
+
+
+def kept_cells(table_json: Path, cells: list[dict]) -> list[dict]:
+    """Rows of an earlier table (its ``.json``) whose run folders are not on this machine, as cells, so
+    a table written in one sitting keeps the cells run in earlier ones (run folders are not committed).
+    A row is dropped where its folder exists (it is loaded afresh, or was deleted on purpose) or where a
+    loaded run fills the same cell (learner, task, demos, reward, seed, episodes). Each row keeps the
+    learner label it was written with, against the defaults of its day."""
+    if not table_json.exists():
+        return []
+    try:
+        rows = json.loads(table_json.read_text())
+    except json.JSONDecodeError as err:
+        raise SystemExit(f"{table_json} is not valid JSON ({err}): restore it from git (git checkout -- {table_json}) "
+                         "or delete it to tabulate only the run folders given") from None
+    key = lambda c: (c["learner"], c["task"], c["demos"], c["reward"], c["seed"], c["episodes"])  # noqa: E731
+    loaded = {c["run"] for c in cells} | {key(c) for c in cells}
+    out = []
+    for row in rows:
+        if row["run"] in loaded or key(row) in loaded or Path(row["run"]).exists():
+            continue
+        report = {"final_success_rate": row["final_success_rate"], "after_pretraining_success_rate": row["after_pretraining"],
+                  "evals": [{"episode": e, "success_rate": r} for e, r in row["evals"]],
+                  "hacking_monitor": row["hacking"], "wall_time_s": row["wall_time_s"]}
+        out.append({k: row[k] for k in ("task", "demos", "seed", "reward", "learner", "episodes", "run")} | {"report": report})
+        loaded.add(key(row))
+    return out
 
 
 def episodes_to(report: dict, rate: float = 0.9) -> int | None:
@@ -267,6 +295,9 @@ def main() -> None:
                         help="where cells run (the first) and the folders tabulated (all)")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "reward_decides.md"))
     parser.add_argument("--table-only", action="store_true")
+    parser.add_argument("--fresh", action="store_true",
+                        help="tabulate the run folders alone (default: also keep the rows of the earlier table "
+                             "whose run folders are not on this machine)")
     parser.add_argument("--launcher", default="basic",
                         help="Hydra launcher: basic | submitit_local | cluster (Slurm) | any hydra/launcher option")
     parser.add_argument("--sweep-over", nargs="+", choices=["task", "demos", "seed"], default=["seed"],
@@ -281,8 +312,14 @@ def main() -> None:
 
         todo = sweeps(dirs[0], args.tasks, args.demos, args.rewards, args.seeds, args.sweep_over, args.extra)
         print(f"{len(todo)} sweep(s), {sum(s.jobs() for s in todo)} job(s) through hydra/launcher={args.launcher}")
-        run_sweeps(todo, args.launcher, args.concurrent, after_each=lambda: write_table(load_cells(dirs), out))
+        def tabulate() -> None:
+            cells = load_cells(dirs)
+            write_table(cells + ([] if args.fresh else kept_cells(out.with_suffix(".json"), cells)), out)
+
+        run_sweeps(todo, args.launcher, args.concurrent, after_each=tabulate)
     cells = load_cells(dirs)
+    if not args.fresh:
+        cells += kept_cells(out.with_suffix(".json"), cells)
     if cells:
         write_table(cells, out)
         print(out.read_text())

@@ -42,3 +42,34 @@ def test_cells_are_named_by_their_resolved_config_and_tabulated(tmp_path):
     table = out.read_text()
     assert "| push | 5 | oracle | 1 | 0.40 | 0.90 | 20 | 1/20 | 20 |" in table
     assert json.loads(out.with_suffix(".json").read_text())[0]["final_success_rate"] in (0.9, 0.5)
+
+
+def test_a_later_table_keeps_the_cells_whose_run_folders_are_gone(tmp_path):
+    import shutil
+
+    defaults = rd.current_defaults()
+    base = {"task": "metaworld/push", "demos": 5, "seed": 0, "reward": {"source": "sparse", "shaping": "oracle"},
+            "agent": {"n_step": defaults["agent.n_step"]}, "online": {"cql_rows": defaults["online.cql_rows"]}}
+    gone = _run(tmp_path / "earlier", "s0", base, ["seed=0"], 0.9, [0.4, 0.8, 0.9])
+    out = tmp_path / "table.md"
+    rd.write_table(rd.load_cells([tmp_path / "earlier"]), out)
+    shutil.rmtree(gone)  # an earlier sitting's run folder, not on this machine any more
+    _run(tmp_path / "today", "s1", {**base, "seed": 1}, ["seed=1"], 0.7, [0.2, 0.5, 0.7])
+    redo = _run(tmp_path / "today", "s0-again", base, ["seed=0"], 0.5, [0.4, 0.5, 0.5])
+
+    # the earlier row is kept beside today's run ...
+    fresh = rd.load_cells([tmp_path / "today"])
+    only_s1 = [c for c in fresh if c["seed"] == 1]
+    kept = rd.kept_cells(out.with_suffix(".json"), only_s1)
+    assert [(c["seed"], c["report"]["final_success_rate"]) for c in kept] == [(0, 0.9)]
+    rd.write_table(only_s1 + kept, out)
+    assert "| push | 5 | oracle | 2 | 0.30 | 0.80 | -, 20 | 2/40 | 20, 20 |" in out.read_text()
+    # ... and a run filling the same cell today replaces it
+    assert rd.kept_cells(out.with_suffix(".json"), fresh) == []
+    assert redo.exists()
+    # a broken table file names the fix instead of a traceback
+    out.with_suffix(".json").write_text("[{")
+    import pytest
+
+    with pytest.raises(SystemExit, match="git checkout"):
+        rd.kept_cells(out.with_suffix(".json"), fresh)
