@@ -4,6 +4,8 @@ tasks x 3 seeds, 150 online episodes each, with episodes-to-90% and final succes
     python benchmarks/reward_decides.py                                   # every cell, resumable
     python benchmarks/reward_decides.py --tasks push --demos 1 2 --rewards sparse step_prm --seeds 0
     python benchmarks/reward_decides.py --launcher submitit_local         # the seeds of a cell side by side
+    python benchmarks/reward_decides.py --tasks drawer-open --demos 1 --seeds 0 -- offline_threads=1  # overrides for
+                                                                          #   every cell; after a list option, `--` first
     python benchmarks/reward_decides.py --launcher cluster --sweep-over task demos seed --concurrent 6 \
         hydra.launcher.partition=cpu                                      # a Slurm cluster: 6 sweeps of 63 jobs
     python benchmarks/reward_decides.py --table-only                      # the table from finished runs
