@@ -21,8 +21,8 @@ from the run folders alone: a cell is named by its ``report.json`` and ``.hydra/
 demonstrations, seed, reward), never by its path, so runs made by a sweep anywhere can be tabulated
 together. Rows with other learner settings than the benchmark's (``.hydra/overrides.yaml`` beyond the
 grid's keys) are kept apart under their overrides. Rows of the earlier table whose run folders are
-not on this machine are kept (``--fresh``: the folders alone), so the grid grows across sittings. Writes ``benchmarks/results/reward_decides.md``
-(+ .json, .png).
+not on this machine are kept (``--fresh``: the folders alone), so the grid grows across sittings.
+Writes ``benchmarks/results/reward_decides.md`` (+ .json, .png).
 """
 
 from __future__ import annotations
@@ -309,19 +309,18 @@ def main() -> None:
     args = parser.parse_args()
     dirs = [Path(d) for d in args.runs]
     out = Path(args.out)
+
+    def table_cells() -> list[dict]:  # the run folders' cells, and the earlier table's rows whose folders are gone
+        cells = load_cells(dirs)
+        return cells if args.fresh else cells + kept_cells(out.with_suffix(".json"), cells)
+
     if not args.table_only:
         from sweep import run_sweeps
 
         todo = sweeps(dirs[0], args.tasks, args.demos, args.rewards, args.seeds, args.sweep_over, args.extra)
         print(f"{len(todo)} sweep(s), {sum(s.jobs() for s in todo)} job(s) through hydra/launcher={args.launcher}")
-        def tabulate() -> None:
-            cells = load_cells(dirs)
-            write_table(cells + ([] if args.fresh else kept_cells(out.with_suffix(".json"), cells)), out)
-
-        run_sweeps(todo, args.launcher, args.concurrent, after_each=tabulate)
-    cells = load_cells(dirs)
-    if not args.fresh:
-        cells += kept_cells(out.with_suffix(".json"), cells)
+        run_sweeps(todo, args.launcher, args.concurrent, after_each=lambda: write_table(table_cells(), out))
+    cells = table_cells()
     if cells:
         write_table(cells, out)
         print(out.read_text())
