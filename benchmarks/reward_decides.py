@@ -181,12 +181,28 @@ def kept_cells(table_json: Path, cells: list[dict]) -> list[dict]:
     for row in rows:
         if row["run"] in loaded or key(row) in loaded or Path(row["run"]).exists():
             continue
-        report = {"final_success_rate": row["final_success_rate"], "after_pretraining_success_rate": row["after_pretraining"],
-                  "evals": [{"episode": e, "success_rate": r} for e, r in row["evals"]],
-                  "hacking_monitor": row["hacking"], "wall_time_s": row["wall_time_s"]}
-        out.append({k: row[k] for k in ("task", "demos", "seed", "reward", "learner", "episodes", "run")} | {"report": report})
+        out.append(cell_from_row(row))
         loaded.add(key(row))
     return out
+
+
+def table_row(cell: dict) -> dict:
+    """A cell as a row of the table's ``.json``: its keys and the report's numbers the table reads."""
+    r = cell["report"]
+    return {k: v for k, v in cell.items() if k != "report"} | {
+        "final_success_rate": r["final_success_rate"], "to_90": episodes_to(r),
+        "after_pretraining": r.get("after_pretraining_success_rate"),
+        "evals": [[e["episode"], e["success_rate"]] for e in r["evals"]],
+        "hacking": r["hacking_monitor"], "wall_time_s": r["wall_time_s"]}
+
+
+def cell_from_row(row: dict) -> dict:
+    """The inverse of `table_row`: a cell whose report holds what the table reads."""
+    report = {"final_success_rate": row["final_success_rate"], "after_pretraining_success_rate": row["after_pretraining"],
+              "evals": [{"episode": e, "success_rate": r} for e, r in row["evals"]],
+              "hacking_monitor": row["hacking"], "wall_time_s": row["wall_time_s"]}
+    return {k: v for k, v in row.items() if k not in ("final_success_rate", "to_90", "after_pretraining", "evals",
+                                                        "hacking", "wall_time_s")} | {"report": report}
 
 
 def episodes_to(report: dict, rate: float = 0.9) -> int | None:
@@ -251,13 +267,7 @@ def write_table(cells: list[dict], out: Path) -> None:
         lines.append("")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text("\n".join(lines) + "\n")
-    out.with_suffix(".json").write_text(json.dumps(
-        [{k: v for k, v in c.items() if k != "report"} | {
-            "final_success_rate": c["report"]["final_success_rate"], "to_90": episodes_to(c["report"]),
-            "after_pretraining": c["report"].get("after_pretraining_success_rate"),
-            "evals": [[e["episode"], e["success_rate"]] for e in c["report"]["evals"]],
-            "hacking": c["report"]["hacking_monitor"], "wall_time_s": c["report"]["wall_time_s"]} for c in cells],
-        indent=1))
+    out.with_suffix(".json").write_text(json.dumps([table_row(c) for c in cells], indent=1))
     plot(groups, out.with_suffix(".png"))
 
 

@@ -1,9 +1,12 @@
-"""The learning benchmark's table comes from run folders alone (report.json + .hydra), wherever they ran."""
+"""The learning benchmark's table comes from run folders (report.json + .hydra), wherever they ran, and keeps
+the earlier table's rows whose folders are gone."""
 
 import json
+import shutil
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
@@ -45,8 +48,6 @@ def test_cells_are_named_by_their_resolved_config_and_tabulated(tmp_path):
 
 
 def test_a_later_table_keeps_the_cells_whose_run_folders_are_gone(tmp_path):
-    import shutil
-
     defaults = rd.current_defaults()
     base = {"task": "metaworld/push", "demos": 5, "seed": 0, "reward": {"source": "sparse", "shaping": "oracle"},
             "agent": {"n_step": defaults["agent.n_step"]}, "online": {"cql_rows": defaults["online.cql_rows"]}}
@@ -69,7 +70,5 @@ def test_a_later_table_keeps_the_cells_whose_run_folders_are_gone(tmp_path):
     assert redo.exists()
     # a broken table file names the fix instead of a traceback
     out.with_suffix(".json").write_text("[{")
-    import pytest
-
     with pytest.raises(SystemExit, match="git checkout"):
         rd.kept_cells(out.with_suffix(".json"), fresh)
