@@ -53,6 +53,7 @@ class OnlineSettings:
     updates_per_step: int = MISSING
     random_steps: int = MISSING
     capacity: int = MISSING
+    warmup_episodes: int = 0
 
 
 @dataclass
@@ -253,6 +254,9 @@ def check_config(cfg):
     if cfg.agent.proposal and (cfg.algo == "sac" or cfg.pretrain.bc_steps < 1):
         raise TrainConfigError("agent.proposal=true freezes the actor after the BC warm start: it needs algo=calql "
                                "with pretrain.bc_steps >= 1")
+    if cfg.online.warmup_episodes < 0 or cfg.online.warmup_episodes >= max(cfg.online.episodes, 1):
+        raise TrainConfigError(f"online.warmup_episodes={cfg.online.warmup_episodes}: give 0 (updates from the first "
+                               f"online step) up to online.episodes - 1 = {cfg.online.episodes - 1}")
     if cfg.online.imitate_successes:
         if cfg.algo != "calql":
             raise TrainConfigError(f"online.imitate_successes=true adds successful online episodes to the "

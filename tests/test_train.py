@@ -289,6 +289,21 @@ def test_self_imitation_adds_successful_episodes_to_the_demonstrations_and_resum
         check_config(cfg_of("online.imitate_successes=true", "policy=image"))
 
 
+def test_warmup_episodes_collect_with_the_pretrained_policy_before_any_update(tmp_path):
+    """online.warmup_episodes=N (WSRL's warm-up): the first N online episodes act with the pre-trained
+    policy and take no update, so their history rows carry no agent statistics and the actor that played
+    them is the pre-trained one; the updates start with episode N."""
+    out = tmp_path / "run"
+    run(cfg_of(*SMALL, "online.warmup_episodes=1", "agent.compile=false"), out)
+    rows = torch.load(out / "checkpoint.pt", weights_only=False)["state"]["history"]
+    assert [r["episode"] for r in rows] == [0, 1]
+    assert not any(k.startswith("agent/") for k in rows[0]) and "agent/critic_loss" in rows[1]
+    assert rows[1]["length"] > 0
+    for bad in ("online.warmup_episodes=-1", "online.warmup_episodes=2"):  # 2 of 2 episodes would never update
+        with pytest.raises(TrainConfigError, match="warmup_episodes"):
+            check_config(cfg_of(*SMALL, bad))
+
+
 def test_progress_model_refreshed_on_the_runs_own_episodes_and_resumed(tmp_path):
     """refresh.every: the step-PRM fine-tuned on the run's episodes between online episodes; the report
     counts hacking per segment; a resume scores with the last refresh, never the model it started from."""
