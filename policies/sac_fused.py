@@ -68,7 +68,8 @@ def _adam_(params: list[torch.Tensor], grads: list[torch.Tensor], state: list[tu
 
     ``scale`` holds this step's bias corrections, (lr / (1 - beta1^t), 1 / sqrt(1 - beta2^t)), computed
     once outside the graph (`_bias_scale`): computed inside, inductor inlined the two powers into every
-    parameter's loop, two scalar ``pow`` calls per 8 elements, 60% of the step's element-wise time."""
+    parameter's loop, two scalar ``pow`` calls per 8 elements (the critic's Adam kernel took 0.91 ms per
+    step that way, 0.56 ms with them computed once; one AMD EPYC thread)."""
     _, beta1, beta2, eps = hyper
     for p, g, (step, m, v) in zip(params, grads, state):
         step.add_(1.0)
