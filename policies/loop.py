@@ -107,7 +107,7 @@ def run_episode(cfg, env, agent, replay, rng, state, batch_rows: int, cameras: l
             frames[c].append(obs["images"][c])
         success = success or bool(info.get("sim/success", False))
         ready = (len(replay.offline) > 0 and replay.offline_fraction > 0 or len(replay.online) > 0) \
-            and state.episode >= cfg.online.get("warmup_episodes", 0)  # WSRL's warm-up: the first episodes only collect
+            and state.episode >= cfg.online.warmup_episodes  # WSRL's warm-up: the first episodes only collect
         for _ in range(cfg.online.updates_per_step if ready else 0):
             out = agent.update(replay.sample(batch_rows, rng, agent.device))
             n_updates += 1
