@@ -78,12 +78,13 @@ def _adam_(params: list[torch.Tensor], grads: list[torch.Tensor], state: list[tu
         p.sub_(m / (v.sqrt() * scale[1] + eps) * scale[0])
 
 
-def _bias_scale(opt: torch.optim.Adam, state: list[tuple[torch.Tensor, ...]], steps: int) -> torch.Tensor:
-    """(steps, 2): row k holds `_adam_`'s ``scale`` for the k-th of the next ``steps`` steps of ``opt``.
-    Every parameter of an optimiser steps together, so the first parameter's count is the count."""
+def _bias_scale(opt: torch.optim.Adam, state: list[tuple[torch.Tensor, ...]], steps: int,
+                device: torch.device | str) -> torch.Tensor:
+    """(steps, 2) on ``device``: row k holds `_adam_`'s ``scale`` for the k-th of the next ``steps`` steps of
+    ``opt``. Every parameter of an optimiser steps together, so the first parameter's count is the count."""
     lr, beta1, beta2, _ = _hyper(opt)
     t = [float(state[0][0]) + k for k in range(1, steps + 1)]
-    return torch.tensor([[lr / (1.0 - beta1 ** s), (1.0 - beta2 ** s) ** -0.5] for s in t])
+    return torch.tensor([[lr / (1.0 - beta1 ** s), (1.0 - beta2 ** s) ** -0.5] for s in t], device=device)
 
 
 def _hyper(opt: torch.optim.Adam) -> tuple[float, float, float, float]:
@@ -151,11 +152,10 @@ class FusedUpdate:
         with torch.no_grad():  # gradients come from grad_and_value alone; nothing records an outer graph
             stats = self.step(
                 agent, self.losses, batch, torch.tensor(float(agent.bc_coef), device=device),
-                critic, critic_state,
-                _bias_scale(agent.critic_opt, critic_state, agent.cfg.utd_ratio).to(device),
+                critic, critic_state, _bias_scale(agent.critic_opt, critic_state, agent.cfg.utd_ratio, device),
                 list(agent.critic_target.parameters()),
-                actor, actor_state, _bias_scale(agent.actor_opt, actor_state, 1).to(device),
-                agent.log_alpha, alpha_state, _bias_scale(agent.alpha_opt, alpha_state, 1).to(device))
+                actor, actor_state, _bias_scale(agent.actor_opt, actor_state, 1, device),
+                agent.log_alpha, alpha_state, _bias_scale(agent.alpha_opt, alpha_state, 1, device))
         if key not in self.compiled:
             self.compiled.add(key)
             log.info("compiled in %.0f s", time.perf_counter() - started)

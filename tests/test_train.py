@@ -290,9 +290,9 @@ def test_self_imitation_adds_successful_episodes_to_the_demonstrations_and_resum
 
 
 def test_warmup_episodes_collect_with_the_pretrained_policy_before_any_update(tmp_path):
-    """online.warmup_episodes=N (WSRL's warm-up): the first N online episodes act with the pre-trained
-    policy and take no update, so their history rows carry no agent statistics and the actor that played
-    them is the pre-trained one; the updates start with episode N."""
+    """online.warmup_episodes=N (WSRL's warm-up): the first N online episodes take no update (their history
+    rows carry no agent statistics, so the pre-trained policy acted throughout them); the updates start
+    with episode N. A warm-up as long as the run is refused."""
     out = tmp_path / "run"
     run(cfg_of(*SMALL, "online.warmup_episodes=1", "agent.compile=false"), out)
     rows = torch.load(out / "checkpoint.pt", weights_only=False)["state"]["history"]
