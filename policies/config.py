@@ -83,6 +83,8 @@ class RefreshSettings:
     lr: float = MISSING
     failure_share: float = MISSING
     first: int | None = None
+    max_failures: int | None = None
+    freeze_encoder: bool = False
 
 
 @dataclass
@@ -239,6 +241,8 @@ def check_config(cfg):
                                    "throws away: set keep_episodes=auto")
         if not 0.0 < cfg.refresh.failure_share < 1.0:
             raise TrainConfigError(f"refresh.failure_share={cfg.refresh.failure_share}: must be in (0, 1)")
+        if cfg.refresh.get("max_failures") is not None and cfg.refresh.max_failures < 1:
+            raise TrainConfigError(f"refresh.max_failures={cfg.refresh.max_failures}: must be >= 1 (null: every failure of the run)")
     if cfg.policy not in POLICIES:
         raise TrainConfigError(f"policy={cfg.policy!r} unknown: use one of {POLICIES}")
     if cfg.policy == "image":

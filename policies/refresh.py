@@ -47,7 +47,9 @@ def refresh_progress_model(cfg, run: Path, demo_store: Path, online_store: Path,
     model = train_rm(tool_config("train_rm", {
         "init": str(current), "data": [str(demo_store), str(online_store)], "out": str(out),
         "max_episodes_per_task": 1, "success_kinds": ["expert", "policy"], "failure_kinds": ["policy"],
-        "failure_share": cfg.refresh.failure_share, "steps": cfg.refresh.steps, "lr": cfg.refresh.lr,
+        "failure_share": cfg.refresh.failure_share, "max_failures_per_task": cfg.refresh.get("max_failures"),
+        "failures_from": "newest", "freeze_encoder": bool(cfg.refresh.get("freeze_encoder", False)),
+        "steps": cfg.refresh.steps, "lr": cfg.refresh.lr,
         "val_every_nth": 0, "checkpoint_every": 50, "seed": cfg.seed + episode, "num_threads": offline_threads(cfg),
     }, reward="step_prm"))
     (out / "refresh.done").write_text(json.dumps({"from": str(current), "episode": episode, "steps": cfg.refresh.steps}))

@@ -81,16 +81,21 @@ def _read_images(ep, cameras, resize_to):
 
 
 def load_failures(data, cameras: tuple[str, ...], tasks=None, kinds=FAILURE_KINDS, max_per_task: int | None = None,
-                  resize_to: int | None = None) -> list[TrainEpisode]:
+                  resize_to: int | None = None, newest_first: bool = False) -> list[TrainEpisode]:
     """Failed episodes (success false) of ``kinds`` from the stores in ``data``, of ``tasks`` only when
-    given; as :class:`TrainEpisode` with no labels (``phi`` empty, ``goal_index`` -1). May be empty."""
+    given; as :class:`TrainEpisode` with no labels (``phi`` empty, ``goal_index`` -1). May be empty.
+
+    ``max_per_task`` keeps the first N per task in store order, or with ``newest_first`` the last N
+    (the last store's last episodes first): a learning run's most recent failures, whose reading then
+    costs the same at every refresh however long the run."""
     from episodes import EpisodeStore
 
     out: list[TrainEpisode] = []
     per_task: dict[str, int] = {}
-    for path in resolve_stores(data):
+    stores = resolve_stores(data)
+    for path in (reversed(stores) if newest_first else stores):
         with EpisodeStore(path, cameras=list(cameras)) as store:
-            for i in range(len(store)):
+            for i in (reversed(range(len(store))) if newest_first else range(len(store))):
                 attrs = store.episode_attrs(i)
                 if attrs["success"] or attrs["kind"] not in kinds or (tasks is not None and attrs["task"] not in tasks):
                     continue

@@ -97,7 +97,8 @@ def train(cfg) -> StepPRM:
     if share > 0:
         failures = load_failures(cfg.data, model.cameras, tasks={e.task for e in train_eps},
                                  kinds=tuple(cfg.get("failure_kinds", ("noise", "stall", "near_miss", "reversal", "policy"))),
-                                 max_per_task=cfg.get("max_failures_per_task"), resize_to=model.cfg.encoder_size)
+                                 max_per_task=cfg.get("max_failures_per_task"), resize_to=model.cfg.encoder_size,
+                                 newest_first=cfg.get("failures_from", "oldest") == "newest")
         log.info("failures as negatives: %d episodes of %d tasks (share %.2f of each batch)",
                  len(failures), len({f.task for f in failures}), share)
     sampler = PairSampler(train_eps, model.cfg.num_bins, int(cfg.frames_per_episode), int(cfg.pairs_per_episode),
@@ -106,7 +107,10 @@ def train(cfg) -> StepPRM:
                           reverse_twin_share=float(cfg.get("reverse_twin_share", 0.0)))
     model.cache_instructions(sampler.instructions + [e.instruction for e in val])  # saved with the model
     net = model.net
-    opt = torch.optim.AdamW(net.parameters(), lr=float(cfg.lr), weight_decay=float(cfg.weight_decay))
+    if cfg.get("freeze_encoder", False):
+        net.view.net.requires_grad_(False)
+    opt = torch.optim.AdamW([p for p in net.parameters() if p.requires_grad], lr=float(cfg.lr),
+                            weight_decay=float(cfg.weight_decay))
     steps = int(cfg.steps)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: float(min(1.0, (s + 1) / 50) * 0.5 * (1 + np.cos(np.pi * min(s, steps) / steps))))
     state_path = out / "trainer_state.pt"

@@ -371,6 +371,51 @@ def test_failures_as_negatives_stop_near_misses_being_rated_done(near_miss_store
     assert probs[0.3] < 0.45 and probs[0.3] < probs[0.0] - 0.1, probs
 
 
+@pytest.fixture(scope="module")
+def stall_store(tmp_path_factory):
+    """reach: one demo, then three stalls (failures), 32 px."""
+    out = tmp_path_factory.mktemp("stalls")
+    run = subprocess.run([str(BIN / "stepwise-collect"), "task=metaworld/reach", "image_size=32", f"cameras=[{','.join(CAMS)}]",
+                          "failure_kinds=[stall]", "episodes=1", "failures=3", f"out={out}"],
+                         capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-2000:]
+    return out / "reach.hdf5"
+
+
+def test_failure_cap_keeps_the_oldest_or_the_newest_failures(stall_store):
+    """max_per_task caps the failures read: the first N in store order, or with newest_first the last N
+    (an in-the-loop refresh reads the run's most recent failures, at a cost that stops growing)."""
+    from reward_models.pairs import load_failures
+
+    train_store = stall_store
+    with EpisodeStore(train_store) as store:
+        failed = [i for i in range(len(store)) if not store.episode_attrs(i)["success"]]
+        frames = {i: np.stack([store[i].images[c] for c in CAMS], axis=1) for i in failed}
+    assert len(failed) >= 3
+    every = load_failures(train_store, tuple(CAMS))
+    assert len(every) == len(failed)
+    for newest, expected in ((False, failed[:2]), (True, failed[::-1][:2])):
+        got = load_failures(train_store, tuple(CAMS), max_per_task=2, newest_first=newest)
+        assert [e.images.shape for e in got] == [frames[i].shape for i in expected]
+        assert all(np.array_equal(e.images, frames[i]) for e, i in zip(got, expected))
+
+
+def test_freeze_encoder_trains_all_but_the_convolutions(stall_store, tmp_path):
+    """freeze_encoder=true (the refresh's cheap mode): the conv stack keeps its weights, the rest learns."""
+    common = [str(BIN / "stepwise-train-rm"), f"data={stall_store}", "batch_episodes=2", "frames_per_episode=4",
+              "pairs_per_episode=8", "val_every_nth=0", "failure_share=0.5", "reward.image_size=32", "reward.encoder_size=32",
+              f"reward.cameras=[{','.join(CAMS)}]", "reward.dim=32", "reward.width=8", "num_threads=1"]
+    for extra in (["steps=2", f"out={tmp_path / 'init'}"],
+                  ["steps=3", f"init={tmp_path / 'init'}", "freeze_encoder=true", f"out={tmp_path / 'frozen'}"]):
+        run = subprocess.run(common + extra, capture_output=True, text=True, timeout=600)
+        assert run.returncode == 0, run.stderr[-2000:]
+    before, after = (reward_models.load(tmp_path / d).net.state_dict() for d in ("init", "frozen"))
+    convs = [k for k in before if k.startswith("view.net.")]
+    assert convs and all(torch.equal(before[k], after[k]) for k in convs)
+    rest = [k for k in before if k.startswith(("view.proj.", "head."))]
+    assert all(not torch.equal(before[k], after[k]) for k in rest if k.endswith("weight"))
+
+
 def test_platt_fit_recovers_a_known_calibration_map():
     from reward_models.calibration import apply_platt, fit_platt, logit
 

@@ -311,7 +311,7 @@ def test_progress_model_refreshed_on_the_runs_own_episodes_and_resumed(tmp_path)
 
     out = tmp_path / "run"
     over = [o for o in SMALL if not o.startswith("reward.shaping")] + [
-        "reward.shaping=progress", "online.episodes=3", "refresh.every=1", "refresh.steps=3"]
+        "reward.shaping=progress", "online.episodes=3", "refresh.every=1", "refresh.steps=3", "refresh.max_failures=1"]
     report = run(cfg_of(*over), out)
     dirs = sorted((out / "reward_model_refresh").iterdir())
     assert [d.name for d in dirs] == ["ep00001", "ep00002"]  # after episodes 1 and 2, none after the last
@@ -353,6 +353,8 @@ def test_refresh_settings_that_cannot_work_are_refused():
         check_config(cfg_of(*SMALL[:1], "reward.shaping=progress", "refresh.every=5", "keep_episodes=false"))
     with pytest.raises(TrainConfigError, match="refresh.first"):
         check_config(cfg_of(*SMALL[:1], "reward.shaping=progress", "refresh.every=5", "refresh.first=0"))
+    with pytest.raises(TrainConfigError, match="refresh.max_failures"):
+        check_config(cfg_of(*SMALL[:1], "reward.shaping=progress", "refresh.every=5", "refresh.max_failures=0"))
 
 
 def test_an_early_first_refresh_joins_the_schedule():
