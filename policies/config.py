@@ -232,10 +232,10 @@ def check_config(cfg):
         raise TrainConfigError(f"refresh.every={cfg.refresh.every}, refresh.steps={cfg.refresh.steps}: every must be "
                                ">= 0 (0: never) and steps >= 1")
     if cfg.refresh.every:
-        if cfg.reward.shaping != "progress" or cfg.reward.kind != "step_prm":
+        if cfg.reward.shaping != "progress" or cfg.reward.kind not in ("step_prm", "vlm_success"):
             raise TrainConfigError(f"refresh.every={cfg.refresh.every} re-fits the step-PRM that shapes the reward; it "
-                                   f"needs reward=step_prm with reward.shaping=progress (got reward={cfg.reward.kind}, "
-                                   f"reward.shaping={cfg.reward.shaping}): set refresh.every=0 otherwise")
+                                   f"needs reward=step_prm or reward=vlm_success with reward.shaping=progress (got "
+                                   f"reward={cfg.reward.kind}, reward.shaping={cfg.reward.shaping}): set refresh.every=0 otherwise")
         if str(cfg.keep_episodes).lower() == "false":
             raise TrainConfigError("refresh.every > 0 learns from the run's own episodes, which keep_episodes=false "
                                    "throws away: set keep_episodes=auto")

@@ -3,9 +3,17 @@
 Every K online episodes the step-PRM that shapes the reward is fine-tuned, from the model in use, on
 the adaptation demonstration, the run's successful online episodes (labelled positives, by their
 step keyframes) and its failed ones (censored: every frame is "not done", so the late states of a
-near-miss stop scoring as done), read from the run's own ``online_episodes.hdf5``. Later episodes
+near-miss stop scoring as done), read from the run's own ``online_episodes.hdf5``. Success here is
+the signal the run learns from, the one that ended the episode (``claimed_success``): the
+simulator's test under ``reward.source=sparse``, the VLM classifier's verdict under
+``reward=vlm_success``, so a classifier-driven run never reads the simulator's answer. Later episodes
 are scored by the new model; the rewards already in the replay keep the potential they were shaped
 with. RoboFuME re-fits its success classifier on online data the same way.
+
+The classifier itself is not re-fitted: labelled by its own verdicts, every frame of a run would
+confirm what it already said (the frames before its claim were below its threshold, the claimed one
+above), so such a refresh has nothing to learn from. It needs a label from outside the classifier (a
+person's, or the simulator's in a study of the classifier), which the loop does not have.
 
 What this does to the invariance guarantee: each episode is scored by ONE model in one call, so its
 shaping telescopes under that model's potential and its shaped return is its sparse return plus
@@ -48,7 +56,7 @@ def refresh_progress_model(cfg, run: Path, demo_store: Path, online_store: Path,
         "init": str(current), "data": [str(demo_store), str(online_store)], "out": str(out),
         "max_episodes_per_task": 1, "success_kinds": ["expert", "policy"], "failure_kinds": ["policy"],
         "failure_share": cfg.refresh.failure_share, "max_failures_per_task": cfg.refresh.get("max_failures"),
-        "failures_from": "newest", "freeze_encoder": bool(cfg.refresh.get("freeze_encoder", False)),
+        "failures_from": "newest", "policy_success": "claimed", "freeze_encoder": bool(cfg.refresh.get("freeze_encoder", False)),
         "steps": cfg.refresh.steps, "lr": cfg.refresh.lr,
         "val_every_nth": 0, "checkpoint_every": 50, "seed": cfg.seed + episode, "num_threads": offline_threads(cfg),
     }, reward="step_prm"))

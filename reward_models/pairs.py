@@ -75,19 +75,28 @@ FAILURE_KINDS = ("noise", "stall", "near_miss", "reversal", "policy")
 """Episode kinds read as failures: ``sim.collect``'s scripted failures and stepwise-train's policy episodes."""
 
 
+def _succeeded(attrs: dict, policy_success: str) -> bool:
+    """An episode's success label: the store's ``success`` (the simulator's test), or for a learning
+    run's own episodes with ``policy_success="claimed"`` the signal that ended it (``claimed_success``:
+    the success signal the run learned from, a classifier's verdict under ``reward.source=success_prob``)."""
+    if policy_success == "claimed" and attrs["kind"] == "policy":
+        return bool(attrs["extra_attrs"].get("claimed_success", attrs["success"]))
+    return bool(attrs["success"])
+
+
 def _read_images(ep, cameras, resize_to):
     images = np.stack([ep.images[c] for c in cameras], axis=1)
     return resize_frames(images, resize_to) if resize_to is not None else images
 
 
 def load_failures(data, cameras: tuple[str, ...], tasks=None, kinds=FAILURE_KINDS, max_per_task: int | None = None,
-                  resize_to: int | None = None, newest_first: bool = False) -> list[TrainEpisode]:
+                  resize_to: int | None = None, newest_first: bool = False, policy_success: str = "sim") -> list[TrainEpisode]:
     """Failed episodes (success false) of ``kinds`` from the stores in ``data``, of ``tasks`` only when
     given; as :class:`TrainEpisode` with no labels (``phi`` empty, ``goal_index`` -1). May be empty.
 
     ``max_per_task`` keeps the first N per task in store order, or with ``newest_first`` the last N
     (the last store's last episodes first): a learning run's most recent failures, whose reading then
-    costs the same at every refresh however long the run."""
+    costs the same at every refresh however long the run. ``policy_success``: see :func:`_succeeded`."""
     from episodes import EpisodeStore
 
     out: list[TrainEpisode] = []
@@ -97,7 +106,8 @@ def load_failures(data, cameras: tuple[str, ...], tasks=None, kinds=FAILURE_KIND
         with EpisodeStore(path, cameras=list(cameras)) as store:
             for i in (reversed(range(len(store))) if newest_first else range(len(store))):
                 attrs = store.episode_attrs(i)
-                if attrs["success"] or attrs["kind"] not in kinds or (tasks is not None and attrs["task"] not in tasks):
+                if (_succeeded(attrs, policy_success) or attrs["kind"] not in kinds
+                        or (tasks is not None and attrs["task"] not in tasks)):
                     continue
                 if max_per_task is not None and per_task.get(attrs["task"], 0) >= max_per_task:
                     continue
@@ -108,9 +118,11 @@ def load_failures(data, cameras: tuple[str, ...], tasks=None, kinds=FAILURE_KIND
 
 
 def load_episodes(data, cameras: tuple[str, ...], max_per_task: int | None = None, kinds=("expert",),
-                  resize_to: int | None = None) -> list[TrainEpisode]:
+                  resize_to: int | None = None, policy_success: str = "sim") -> list[TrainEpisode]:
     """Successful episodes of ``kinds`` from the stores in ``data``, with step-progress labels;
     ``max_per_task`` caps the expert demonstrations per task (a learning run's successes are not capped).
+    ``policy_success``: what counts as a learning run's success (:func:`_succeeded`); the last keyframe
+    of a run's episode is where it ended, so an episode a classifier ended is labelled done there.
 
     ``resize_to`` stores frames at the encoder's input size (saves memory and a resize per step).
     """
@@ -122,7 +134,7 @@ def load_episodes(data, cameras: tuple[str, ...], max_per_task: int | None = Non
         with EpisodeStore(path, cameras=list(cameras)) as store:
             for i in range(len(store)):
                 attrs = store.episode_attrs(i)
-                if not attrs["success"] or attrs["kind"] not in kinds:
+                if not _succeeded(attrs, policy_success) or attrs["kind"] not in kinds:
                     continue
                 capped = attrs["kind"] == "expert"  # the cap counts demonstrations
                 if capped and max_per_task is not None and per_task.get(attrs["task"], 0) >= max_per_task:

@@ -87,8 +87,11 @@ def train(cfg) -> StepPRM:
                                       encoder_size=int(r.encoder_size), width=int(r.width), dim=int(r.dim),
                                       num_bins=int(r.num_bins), perspective=r.model_perspective,
                                       fusion=str(r.get("fusion", "attention")), device=r.device))
+    policy_success = str(cfg.get("policy_success", "sim"))
+    if policy_success not in ("sim", "claimed"):
+        raise ValueError(f"policy_success={policy_success}: use sim (the store's success) or claimed (the signal that ended the episode)")
     episodes = load_episodes(cfg.data, model.cameras, cfg.max_episodes_per_task, resize_to=model.cfg.encoder_size,
-                             kinds=tuple(cfg.get("success_kinds", ("expert",))))
+                             kinds=tuple(cfg.get("success_kinds", ("expert",))), policy_success=policy_success)
     val = [ep for k, ep in enumerate(episodes) if cfg.val_every_nth and k % int(cfg.val_every_nth) == 0]
     train_eps = [ep for ep in episodes if not any(ep is v for v in val)] or episodes
     log.info("training on %d episodes of %d tasks (%d validation)", len(train_eps), len({e.task for e in train_eps}), len(val))
@@ -98,7 +101,7 @@ def train(cfg) -> StepPRM:
         failures = load_failures(cfg.data, model.cameras, tasks={e.task for e in train_eps},
                                  kinds=tuple(cfg.get("failure_kinds", ("noise", "stall", "near_miss", "reversal", "policy"))),
                                  max_per_task=cfg.get("max_failures_per_task"), resize_to=model.cfg.encoder_size,
-                                 newest_first=cfg.get("failures_from", "oldest") == "newest")
+                                 newest_first=cfg.get("failures_from", "oldest") == "newest", policy_success=policy_success)
         log.info("failures as negatives: %d episodes of %d tasks (share %.2f of each batch)",
                  len(failures), len({f.task for f in failures}), share)
     sampler = PairSampler(train_eps, model.cfg.num_bins, int(cfg.frames_per_episode), int(cfg.pairs_per_episode),

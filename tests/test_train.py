@@ -346,9 +346,35 @@ def test_progress_model_refreshed_on_the_runs_own_episodes_and_resumed(tmp_path)
         assert float(phi[-1]) == pytest.approx(store.episode_attrs(3)["extra_attrs"]["final_progress"], abs=1e-4)
 
 
+def test_refresh_under_the_classifier_labels_episodes_by_its_verdict_not_the_simulator(tmp_path, caplog):
+    """reward=vlm_success with refresh: the step-PRM is re-fitted on the run's episodes labelled by the signal
+    the run learns from. Threshold 0 makes the classifier end every episode at its first step, a claimed
+    success the simulator denies: the refresh reads it as a positive, never as a failure."""
+    import logging
+
+    from reward_models.pairs import load_episodes, load_failures
+
+    over = [o for o in SMALL if not o.startswith("reward.")] + [
+        "reward=vlm_success", "reward.success_threshold=0.0", "online.episodes=2", "refresh.every=1", "refresh.steps=2"]
+    with caplog.at_level(logging.INFO, logger="reward_models.train"):
+        report = run(cfg_of(*over), tmp_path / "run")
+    assert [r["from"] for r in report["refreshes"]] == [0, 1]
+    trained = [m for m in caplog.messages if m.startswith("training on")]
+    assert trained == ["training on 2 episodes of 1 tasks (0 validation)"], trained  # the demo + the claimed success
+    store = tmp_path / "run" / "online_episodes.hdf5"
+    cams = ("corner",)
+    assert len(load_episodes(store, cams, kinds=("policy",), policy_success="claimed")) == 2
+    assert len(load_failures(store, cams, policy_success="claimed")) == 0
+    assert len(load_failures(store, cams)) == 2  # by the simulator's test both failed
+    with pytest.raises(ValueError, match="no successful"):
+        load_episodes(store, cams, kinds=("policy",))
+
+
 def test_refresh_settings_that_cannot_work_are_refused():
     with pytest.raises(TrainConfigError, match="refresh.every"):
         check_config(cfg_of(*SMALL, "refresh.every=5"))  # shaping=none: nothing to refresh
+    with pytest.raises(TrainConfigError, match="refresh.every"):  # a perceptual potential is not a step-PRM
+        check_config(cfg_of(*SMALL[:1], "reward=perceptual", "reward.shaping=progress", "refresh.every=5"))
     with pytest.raises(TrainConfigError, match="keep_episodes"):
         check_config(cfg_of(*SMALL[:1], "reward.shaping=progress", "refresh.every=5", "keep_episodes=false"))
     with pytest.raises(TrainConfigError, match="refresh.first"):
