@@ -102,7 +102,9 @@ def reward_label(config: dict) -> str:
 LEARNER_KEYS = {"agent.n_step": 1, "agent.proposal": False, "agent.cql_rows": None, "agent.utd_ratio": 1,
                 "agent.bc_weight": 0.5, "online.cql_rows": None, "online.cql_alpha": 1.0, "online.bc_final": 1.0,
                 "online.bc_anneal_episodes": 150, "online.imitate_successes": False, "online.offline_fraction": 0.5,
-                "refresh.every": 0, "pretrain.bc_steps": 3000, "pretrain.steps": 1000, "agent.init_temperature": 1.0}
+                "refresh.every": 0, "pretrain.bc_steps": 3000, "pretrain.steps": 1000, "agent.init_temperature": 1.0,
+                "refresh.first": None, "refresh.steps": 100, "refresh.max_failures": None, "refresh.freeze_encoder": False}
+REFRESH_DETAIL = ("refresh.first", "refresh.steps", "refresh.max_failures", "refresh.freeze_encoder")  # named only when it refreshes
 
 
 def _get(config: dict, key: str, absent):
@@ -131,7 +133,9 @@ def learner_label(config: dict, overrides: list[str], defaults: dict | None = No
     own = set()
     for rw in REWARDS.values():
         own.update(rw)
-    named = [f"{k}={_fmt(v)}" for k, absent in LEARNER_KEYS.items() if (v := _get(config, k, absent)) != defaults[k]]
+    refreshes = bool(_get(config, "refresh.every", 0))
+    named = [f"{k}={_fmt(v)}" for k, absent in LEARNER_KEYS.items()
+             if (v := _get(config, k, absent)) != defaults[k] and (refreshes or k not in REFRESH_DETAIL)]
     rest = [o for o in overrides if o not in own and o.split("=")[0].lstrip("+~") not in GRID_KEYS
             and o.split("=")[0].lstrip("+~") not in LEARNER_KEYS
             and not o.split("=")[0].startswith(("hydra.", "reward."))]

@@ -47,6 +47,22 @@ def test_cells_are_named_by_their_resolved_config_and_tabulated(tmp_path):
     assert json.loads(out.with_suffix(".json").read_text())[0]["final_success_rate"] in (0.9, 0.5)
 
 
+def test_the_refresh_settings_are_named_only_for_runs_that_refresh(tmp_path):
+    """A refresh made before freeze_encoder / max_failures existed re-fitted the whole model on every failure:
+    its label says so; a run that never refreshed carries none of the refresh's settings in its label."""
+    defaults = rd.current_defaults()
+    assert defaults["refresh.every"] == 0 and defaults["refresh.freeze_encoder"] is True
+    base = {"task": "metaworld/push", "demos": 5, "seed": 0, "reward": {"source": "sparse", "shaping": "progress"},
+            "agent": {"n_step": defaults["agent.n_step"]}, "online": {"cql_rows": defaults["online.cql_rows"]}}
+    _run(tmp_path, "plain", {**base, "refresh": {"every": 0}}, ["seed=0"], 0.5, [0.4, 0.5])
+    _run(tmp_path, "old", {**base, "seed": 1, "refresh": {"every": 10, "first": 3}}, ["seed=1"], 0.5, [0.4, 0.5])
+    _run(tmp_path, "cheap", {**base, "seed": 2, "refresh": {"every": 10, "first": 3, "steps": 100, "max_failures": 40,
+                                                             "freeze_encoder": True}}, ["seed=2"], 0.5, [0.4, 0.5])
+    labels = {c["seed"]: c["learner"] for c in rd.load_cells([tmp_path])}
+    assert labels == {0: "", 1: "refresh.every=10 refresh.first=3 refresh.freeze_encoder=false refresh.max_failures=null",
+                      2: "refresh.every=10 refresh.first=3"}
+
+
 def test_a_later_table_keeps_the_cells_whose_run_folders_are_gone(tmp_path):
     defaults = rd.current_defaults()
     base = {"task": "metaworld/push", "demos": 5, "seed": 0, "reward": {"source": "sparse", "shaping": "oracle"},
