@@ -35,7 +35,7 @@ INSTRUCTION = "close the drawer"  # a training task's instruction (its embedding
 
 def synthetic_episodes(n: int, frames: int, size: int, rng: np.random.Generator):
     """``n`` demonstrations of random frames with linear step progress (shapes as the trainer's)."""
-    from reward_models.pairs import TrainEpisode
+    from reward_models.train_episodes import TrainEpisode
 
     return [TrainEpisode(rng.integers(0, 256, (frames, len(CAMS), size, size, 3), dtype=np.uint8),
                          np.linspace(0, 1, frames), frames - 1, "metaworld/drawer-close", INSTRUCTION,

@@ -32,7 +32,8 @@ from reward_models import distributed
 from reward_models.base import load
 from reward_models.augment import random_shift
 from reward_models.metrics import spearman
-from reward_models.pairs import PairSampler, load_episodes, load_failures
+from reward_models.pairs import PairSampler
+from reward_models.train_episodes import load_episodes, load_failures
 from reward_models.progress import bin_centers
 from reward_models.step_prm import StepPRM, StepPRMConfig
 

@@ -133,7 +133,8 @@ def test_two_shares_of_a_pair_batch_weigh_to_the_whole_batch_loss(store):
     of the ranks' losses (what DDP's gradient average optimises) is the whole batch's loss."""
     from omegaconf import OmegaConf
 
-    from reward_models.pairs import PairSampler, load_episodes
+    from reward_models.pairs import PairSampler
+    from reward_models.train_episodes import load_episodes
     from reward_models.step_prm import StepPRM, StepPRMConfig
     from reward_models.train import augmented_share, pair_loss
 

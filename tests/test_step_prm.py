@@ -12,7 +12,8 @@ import torch
 import reward_models
 from episodes import EpisodeStore
 from reward_models.base import CheckpointError, FramesError
-from reward_models.pairs import PairSampler, TrainEpisode
+from reward_models.pairs import PairSampler
+from reward_models.train_episodes import TrainEpisode
 from reward_models.progress import (
     backward, bin_centers, forward, hop, hop_to_bin, incremental, step_progress,
 )
@@ -385,7 +386,7 @@ def stall_store(tmp_path_factory):
 def test_failure_cap_keeps_the_oldest_or_the_newest_failures(stall_store):
     """max_per_task caps the failures read: the first N in store order, or with newest_first the last N
     (an in-the-loop refresh reads the run's most recent failures, at a cost that stops growing)."""
-    from reward_models.pairs import load_failures
+    from reward_models.train_episodes import load_failures
 
     train_store = stall_store
     with EpisodeStore(train_store) as store:

@@ -352,7 +352,7 @@ def test_refresh_under_the_classifier_labels_episodes_by_its_verdict_not_the_sim
     success the simulator denies: the refresh reads it as a positive, never as a failure."""
     import logging
 
-    from reward_models.pairs import load_episodes, load_failures
+    from reward_models.train_episodes import load_episodes, load_failures
 
     over = [o for o in SMALL if not o.startswith("reward.")] + [
         "reward=vlm_success", "reward.success_threshold=0.0", "online.episodes=2", "refresh.every=1", "refresh.steps=2"]
