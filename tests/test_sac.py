@@ -581,3 +581,35 @@ def test_compiled_update_is_the_eager_update():
     assert resumed.critic_opt.state_dict()["state"][0]["step"].item() == 8.0
     with pytest.raises(ValueError, match="true or false"):
         SACConfig(compile="auto")
+
+
+def test_compiled_update_skips_guards_only_for_a_call_it_has_seen():
+    """The compiled update skips dynamo's guard checks only when everything the graph was compiled for is as
+    before; a change of any of it (a setting read as a constant, the batch's layout, the thread count, an
+    optimiser state reloaded from a checkpoint) makes the next call check the guards, and recompile."""
+    from policies.sac_fused import FusedUpdate
+
+    rng = np.random.default_rng(0)
+    agent = SAC(39, 4, SACConfig(hidden_sizes=(16,), batch_size=8, device="cpu", cql_alpha=1.0, cql_rows=4))
+    batch = random_batch(rng, 8, obs_dim=39, act_dim=4)
+    agent.update(batch)  # the eager step creates the optimisers' state
+    sig = FusedUpdate._signature
+    base = sig(agent, batch)
+    assert sig(agent, batch) == base
+    changed = []
+    agent.cql_alpha = 0.5
+    changed.append(sig(agent, batch)); agent.cql_alpha = 1.0
+    agent.cql_rows = 2
+    changed.append(sig(agent, batch)); agent.cql_rows = 4
+    bc_weight, agent.cfg.bc_weight = agent.cfg.bc_weight, agent.cfg.bc_weight + 0.25
+    changed.append(sig(agent, batch)); agent.cfg.bc_weight = bc_weight
+    assert sig(agent, batch) == base
+    changed.append(sig(agent, random_batch(rng, 16, obs_dim=39, act_dim=4)))
+    changed.append(sig(agent, {**batch, "reward": batch["reward"].double()}))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(threads + 1)
+    changed.append(sig(agent, batch)); torch.set_num_threads(threads)
+    agent.critic_opt.load_state_dict(agent.critic_opt.state_dict())  # a resume: new state tensors
+    changed.append(sig(agent, batch))
+    assert all(c != base for c in changed)
+    assert len(set(changed)) == len(changed)
