@@ -19,8 +19,14 @@ online episodes:
 
 The oracle is the simulator's own reward function: this comparison exists only in simulation.
 
-Run: ``.venv/bin/python benchmarks/potential_alignment.py RUN [RUN ...] [--block 50]``; writes
-``benchmarks/results/potential_alignment.md``. A run without kept episodes or without a learned
+``--model M [M ...]`` re-scores the same episodes with other progress models (a checkpoint directory,
+a shipped name, or ``adapted``: the run's own ``<run>/reward_model``), each in one batched call per
+episode as ``stepwise-train`` scores them, with ``--perspective`` (``backward`` takes the run's first
+demonstration as the reference). So a candidate reward model is judged on the states a learning policy
+actually visits, in minutes and without a learning run.
+
+Run: ``.venv/bin/python benchmarks/potential_alignment.py RUN [RUN ...] [--block 50] [--model adapted general]``;
+writes ``benchmarks/results/potential_alignment.md``. A run without kept episodes or without a learned
 potential (``reward.shaping`` other than ``progress``) is named and skipped.
 """
 
@@ -39,20 +45,27 @@ sys.path.insert(0, str(ROOT))
 RESULTS = ROOT / "benchmarks" / "results"
 
 
-def episode_terms(path: Path) -> list[dict]:
-    """Per kept episode (in online order): learned and oracle potentials of its non-terminal steps, success."""
+def episode_terms(path: Path, model=None, perspective: str = "forward", reference=None) -> list[dict]:
+    """Per kept episode (in online order): learned and oracle potentials of its non-terminal steps, success.
+    The learned potential is the one the run shaped with, or with ``model`` that model's, scored anew."""
     from episodes import EpisodeStore
     from policies.rewards import oracle_potential
+    from reward_models.shaping import episode_potentials
 
     out = []
-    with EpisodeStore(path, cameras=[]) as store:  # no camera: the images are not read
+    cameras = list(model.cameras) if model is not None else []  # no camera: the images are not read
+    with EpisodeStore(path, cameras=cameras) as store:
         for i in range(len(store)):
             attrs = store.episode_attrs(i)
-            infos = store[i].infos
-            if "progress" not in infos or "dense_reward" not in infos:
+            ep = store[i]
+            infos = ep.infos
+            if "dense_reward" not in infos or (model is None and "progress" not in infos):
                 raise KeyError(f"{path}: episode {i} has no infos/progress or infos/dense_reward: was the run shaped "
                                "with reward.shaping=progress?")
-            phi = np.asarray(infos["progress"], np.float64)
+            if model is None:
+                phi = np.asarray(infos["progress"], np.float64)
+            else:  # Phi of frame t+1 follows action t, as the stored potential does
+                phi = episode_potentials(model, ep.images, ep.instruction, reference, perspective)[1:].astype(np.float64)
             oracle = oracle_potential(infos["dense_reward"]).astype(np.float64)
             terminated = np.asarray(infos.get("terminated", np.zeros(len(phi))), bool)
             keep = ~terminated  # a true terminal's potential is 0 by definition, not the model's
@@ -85,10 +98,37 @@ def describe(run: Path) -> str:
             + (f"refreshed every {refresh}" if refresh else "no refresh"))
 
 
+def load_model(name: str, run: Path):
+    """A progress model by name: ``adapted`` is the run's own adapted model, anything else goes to `reward_models.load`."""
+    import reward_models
+
+    if name == "adapted":
+        if not (run / "reward_model" / "config.json").is_file():
+            raise FileNotFoundError(f"--model adapted: {run} has no reward_model/ (the run adapted none); name a "
+                                    "checkpoint directory or a shipped model instead")
+        return reward_models.load(run / "reward_model")
+    return reward_models.load(name)
+
+
+def first_demo(run: Path, cameras: list[str]):
+    """The run's first demonstration (the reference of ``perspective=backward``)."""
+    from episodes import EpisodeStore
+
+    stores = sorted((run / "demos").glob("*.hdf5"))
+    if not stores:
+        raise FileNotFoundError(f"--perspective backward needs the run's demonstrations, and {run}/demos holds none")
+    with EpisodeStore(stores[0], cameras=cameras) as store:
+        return store[0]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("runs", nargs="+", type=Path, help="stepwise-train run directories (reward.shaping=progress)")
     parser.add_argument("--block", type=int, default=50, help="online episodes per row")
+    parser.add_argument("--model", nargs="+", default=None,
+                        help="re-score with these progress models (a directory, a shipped name, or 'adapted': the run's own)")
+    parser.add_argument("--perspective", choices=["forward", "backward"], default="forward",
+                        help="with --model: the progress perspective (backward: the run's first demo as reference)")
     parser.add_argument("--out", type=Path, default=RESULTS / "potential_alignment.md")
     args = parser.parse_args()
     if args.block < 1:
@@ -99,16 +139,19 @@ def main() -> None:
         if not store.is_file() or not (run / ".hydra" / "config.yaml").is_file():
             skipped.append(f"{run}: no online_episodes.hdf5 or .hydra/config.yaml (a stepwise-train run with keep_episodes?)")
             continue
-        try:
-            eps = episode_terms(store)
-        except KeyError as err:
-            skipped.append(str(err))
-            continue
-        label = describe(run)
-        for lo in range(0, len(eps), args.block):
-            block = eps[lo:lo + args.block]
-            rows.append({"run": str(run), "label": label, "from": block[0]["episode"], "to": block[-1]["episode"],
-                         **block_stats(block)})
+        for name in args.model or [None]:
+            try:
+                model = None if name is None else load_model(name, run)
+                reference = first_demo(run, list(model.cameras)) if model is not None and args.perspective == "backward" else None
+                eps = episode_terms(store, model, args.perspective, reference)
+            except (KeyError, FileNotFoundError) as err:
+                skipped.append(str(err))
+                continue
+            label = describe(run) + ("" if name is None else f"; {name}, {args.perspective}")
+            for lo in range(0, len(eps), args.block):
+                block = eps[lo:lo + args.block]
+                rows.append({"run": str(run), "model": name or "as shaped", "label": label, "from": block[0]["episode"],
+                             "to": block[-1]["episode"], **block_stats(block)})
     f = lambda v: "-" if not np.isfinite(v) else f"{v:.2f}"  # noqa: E731
     lines = [
         "# Learned potential against the simulator's, on the policy's own episodes", "",
