@@ -69,8 +69,8 @@ def episode_terms(path: Path, model=None, perspective: str = "forward", referenc
             oracle = oracle_potential(infos["dense_reward"]).astype(np.float64)
             terminated = np.asarray(infos.get("terminated", np.zeros(len(phi))), bool)
             keep = ~terminated  # a true terminal's potential is 0 by definition, not the model's
-            out.append({"episode": int(attrs.get("extra_attrs", {}).get("online_episode", i)), "phi": phi[keep], "oracle": oracle[keep],
-                        "success": bool(attrs["success"])})
+            index = int(attrs.get("extra_attrs", {}).get("online_episode", i))
+            out.append({"episode": index, "phi": phi[keep], "oracle": oracle[keep], "success": bool(attrs["success"])})
     return sorted(out, key=lambda e: e["episode"])
 
 
@@ -137,7 +137,8 @@ def main() -> None:
     for run in args.runs:
         store = run / "online_episodes.hdf5"
         if not store.is_file() or not (run / ".hydra" / "config.yaml").is_file():
-            skipped.append(f"{run}: no online_episodes.hdf5 or .hydra/config.yaml (a stepwise-train run with keep_episodes?)")
+            skipped.append(f"{run}: no online_episodes.hdf5 or .hydra/config.yaml "
+                           "(a stepwise-train run with keep_episodes?)")
             continue
         for name in args.model or [None]:
             try:

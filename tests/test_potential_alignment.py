@@ -15,7 +15,8 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 import potential_alignment as pa  # noqa: E402
 
 
-def _episode(i: int, phi: np.ndarray, dense: np.ndarray, success: bool, cameras=("corner",), size: int = 8) -> Episode:
+def _episode(i: int, phi: np.ndarray, dense: np.ndarray, success: bool, cameras=("corner",),
+             size: int = 8) -> Episode:
     T = len(phi)
     rng = np.random.default_rng(i)
     terminated = np.zeros(T, np.float32)
