@@ -21,7 +21,7 @@ from the run folders alone: a cell is named by its ``report.json`` and ``.hydra/
 demonstrations, seed, reward), never by its path, so runs made by a sweep anywhere can be tabulated
 together. Rows with other learner settings than the benchmark's (``.hydra/overrides.yaml`` beyond the
 grid's keys) are kept apart under their overrides. Rows of the earlier table whose run folders are
-not on this machine are kept (``--fresh``: the folders alone), so the grid grows across sittings.
+not loaded now are kept (``--fresh``: the folders alone), so the grid grows across sittings.
 Writes ``benchmarks/results/reward_decides.md`` (+ .json, .png).
 """
 
@@ -166,10 +166,11 @@ def load_cells(dirs: list[Path]) -> list[dict]:
     return cells
 
 
-def kept_cells(table_json: Path, cells: list[dict]) -> list[dict]:
-    """Rows of an earlier table (its ``.json``) whose run folders are not on this machine, as cells, so
-    a table written in one sitting keeps the cells run in earlier ones (run folders are not committed).
-    A row is dropped where its folder exists (it is loaded afresh, or was deleted on purpose) or where a
+def kept_cells(table_json: Path, cells: list[dict], dirs: list[Path] | None = None) -> list[dict]:
+    """Rows of an earlier table (its ``.json``) whose runs were not loaded now, as cells, so a table
+    written in one sitting keeps the cells run in earlier ones (run folders are not committed) and those
+    under folders this call was not given. A row is dropped where its folder lies under one of ``dirs``
+    (the folders tabulated now: it was loaded afresh, or its report was deleted on purpose) or where a
     loaded run fills the same cell (learner, task, demos, reward, seed, episodes). Each row keeps the
     learner label it was written with, against the defaults of its day."""
     if not table_json.exists():
@@ -181,9 +182,11 @@ def kept_cells(table_json: Path, cells: list[dict]) -> list[dict]:
                          "or delete it to tabulate only the run folders given") from None
     key = lambda c: (c["learner"], c["task"], c["demos"], c["reward"], c["seed"], c["episodes"])  # noqa: E731
     loaded = {c["run"] for c in cells} | {key(c) for c in cells}
+    given = [Path(d).resolve() for d in dirs or []]
     out = []
     for row in rows:
-        if row["run"] in loaded or key(row) in loaded or Path(row["run"]).exists():
+        run = Path(row["run"]).resolve()
+        if row["run"] in loaded or key(row) in loaded or any(run.is_relative_to(d) for d in given):
             continue
         out.append(cell_from_row(row))
         loaded.add(key(row))
@@ -313,7 +316,7 @@ def main() -> None:
     parser.add_argument("--table-only", action="store_true")
     parser.add_argument("--fresh", action="store_true",
                         help="tabulate the run folders alone (default: also keep the rows of the earlier table "
-                             "whose run folders are not on this machine)")
+                             "whose runs are not under the --runs folders)")
     parser.add_argument("--launcher", default="basic",
                         help="Hydra launcher: basic | submitit_local | cluster (Slurm) | any hydra/launcher option")
     parser.add_argument("--sweep-over", nargs="+", choices=["task", "demos", "seed"], default=["seed"],
@@ -326,7 +329,7 @@ def main() -> None:
 
     def table_cells() -> list[dict]:  # the run folders' cells, and the earlier table's rows whose folders are gone
         cells = load_cells(dirs)
-        return cells if args.fresh else cells + kept_cells(out.with_suffix(".json"), cells)
+        return cells if args.fresh else cells + kept_cells(out.with_suffix(".json"), cells, dirs)
 
     if not args.table_only:
         from sweep import run_sweeps

@@ -84,6 +84,15 @@ def test_a_later_table_keeps_the_cells_whose_run_folders_are_gone(tmp_path):
     # ... and a run filling the same cell today replaces it
     assert rd.kept_cells(out.with_suffix(".json"), fresh) == []
     assert redo.exists()
+    # a row whose folder is on this machine but outside the folders tabulated now is kept (a grid run in
+    # parts into other folders must not drop the rest); one under those folders is left to them: loaded
+    # afresh, or dropped when its report was deleted on purpose
+    other = _run(tmp_path / "elsewhere", "s2", {**base, "seed": 2}, ["seed=2"], 0.6, [0.2, 0.4, 0.6])
+    rd.write_table(rd.load_cells([tmp_path / "elsewhere"]) + fresh, out)
+    assert sorted(c["seed"] for c in rd.kept_cells(out.with_suffix(".json"), only_s1, [tmp_path / "today"])) == [2]
+    (other / "report.json").unlink()
+    kept = rd.kept_cells(out.with_suffix(".json"), [], [tmp_path / "elsewhere"])
+    assert sorted((c["seed"], c["report"]["final_success_rate"]) for c in kept) == [(0, 0.5), (1, 0.7)]
     # a broken table file names the fix instead of a traceback
     out.with_suffix(".json").write_text("[{")
     with pytest.raises(SystemExit, match="git checkout"):
