@@ -327,7 +327,7 @@ def main() -> None:
     dirs = [Path(d) for d in args.runs]
     out = Path(args.out)
 
-    def table_cells() -> list[dict]:  # the run folders' cells, and the earlier table's rows whose folders are gone
+    def table_cells() -> list[dict]:  # the run folders' cells, and the earlier table's rows not under them
         cells = load_cells(dirs)
         return cells if args.fresh else cells + kept_cells(out.with_suffix(".json"), cells, dirs)
 
