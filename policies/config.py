@@ -258,6 +258,11 @@ def check_config(cfg):
     if cfg.agent.proposal and (cfg.algo == "sac" or cfg.pretrain.bc_steps < 1):
         raise TrainConfigError("agent.proposal=true freezes the actor after the BC warm start: it needs algo=calql "
                                "with pretrain.bc_steps >= 1")
+    residual = cfg.agent.get("residual_scale")
+    if residual is not None and (cfg.policy != "state" or cfg.algo != "calql" or cfg.pretrain.bc_steps < 1):
+        raise TrainConfigError(f"agent.residual_scale={residual} freezes the behaviour-cloned actor as the base of a "
+                               "residual policy: it needs policy=state, algo=calql and pretrain.bc_steps >= 1 "
+                               "(set agent.residual_scale=null otherwise)")
     if cfg.online.warmup_episodes < 0 or cfg.online.warmup_episodes >= max(cfg.online.episodes, 1):
         raise TrainConfigError(f"online.warmup_episodes={cfg.online.warmup_episodes}: give 0 (updates from the first "
                                f"online step) up to online.episodes - 1 = {cfg.online.episodes - 1}")

@@ -34,6 +34,8 @@ def bc_warm_start(agent, buffer, steps: int, batch_size: int, rng: np.random.Gen
             writer.add_scalar("pretrain/bc_loss", loss, step)
     if getattr(agent.cfg, "proposal", False):  # IBRL: the cloned actor, frozen, proposes actions from now on
         agent.freeze_proposal()
+    if getattr(agent.cfg, "residual_scale", None) is not None:  # residual RL: the cloned actor, frozen, is the base
+        agent.make_residual()
 
 
 def demo_bc_weights(cfg, records, demo_terms) -> np.ndarray | None:

@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["SACConfig", "SAC", "StateFeatures", "TanhGaussianActor", "CriticEnsemble", "EnsembleLinear", "BATCH_KEYS"]
+__all__ = ["SACConfig", "SAC", "StateFeatures", "TanhGaussianActor", "ResidualActor", "CriticEnsemble", "EnsembleLinear", "BATCH_KEYS"]
 
 BATCH_KEYS = ("obs", "action", "reward", "next_obs", "terminated")
 OPTIONAL_KEYS = ("demo", "mc_return", "horizon")
@@ -93,6 +93,10 @@ class SACConfig:
     """IBRL (Hu et al. 2023): the behaviour-cloned actor, frozen after the BC warm start, proposes an
     action beside the RL actor's, in acting and in the critic's target; the one the critics value
     higher (min over members) is taken. The agent can then do no worse than BC where Q ranks right"""
+    residual_scale: float | None = None
+    """residual RL: after the BC warm start (`make_residual`) the cloned actor is frozen as a base and RL
+    learns a correction of at most this size per action dimension on top of its deterministic action
+    (`ResidualActor`); None = off, the actor itself is fine-tuned"""
     layer_norm: bool = True
     """LayerNorm after every hidden layer of each critic (RLPD: keeps Q bounded off the data)"""
     device: str = "auto"
@@ -138,6 +142,12 @@ class SACConfig:
             )
         if self.n_step < 1:
             raise ValueError(f"n_step must be >= 1, got {self.n_step}")
+        if self.residual_scale is not None and not 0.0 < self.residual_scale <= 2.0:
+            raise ValueError(f"residual_scale must be in (0, 2] (2 reaches every action from any base action) or None "
+                             f"(off), got {self.residual_scale}")
+        if self.residual_scale is not None and self.proposal:
+            raise ValueError("residual_scale and proposal both build on the frozen BC actor: pick one (the residual "
+                             "policy already starts from the BC action)")
         if self.cql_rows is not None and self.cql_rows < 1:
             raise ValueError(f"cql_rows must be >= 1 or None (every row), got {self.cql_rows}")
         if self.state_features not in STATE_FEATURES:
@@ -238,17 +248,62 @@ class TanhGaussianActor(nn.Module):
     def forward(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Returns (mean, log_std), each (B, A), log_std squashed into [LOG_STD_MIN, LOG_STD_MAX]."""
         mean, log_std = self.net(self.features(obs)).chunk(2, dim=-1)
-        log_std = LOG_STD_MIN + 0.5 * (LOG_STD_MAX - LOG_STD_MIN) * (torch.tanh(log_std) + 1.0)
-        return mean, log_std
+        return mean, squash_log_std(log_std)
 
     def sample(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Reparameterised sample: (action (B, A), log_prob (B,), deterministic action tanh(mean) (B, A))."""
-        mean, log_std = self(obs)
-        u = mean + log_std.exp() * torch.randn_like(mean)
-        # log N(u) - sum log(1 - tanh(u)^2), the latter in the overflow-free form 2(log2 - u - softplus(-2u))
-        log_prob = (-0.5 * ((u - mean) / log_std.exp()) ** 2 - log_std - 0.5 * math.log(2 * math.pi)).sum(-1)
-        log_prob = log_prob - (2.0 * (math.log(2.0) - u - F.softplus(-2.0 * u))).sum(-1)
-        return torch.tanh(u), log_prob, torch.tanh(mean)
+        return tanh_gaussian_sample(*self(obs))
+
+
+def squash_log_std(log_std: torch.Tensor) -> torch.Tensor:
+    """A network's raw log-std output squashed into [LOG_STD_MIN, LOG_STD_MAX]."""
+    return LOG_STD_MIN + 0.5 * (LOG_STD_MAX - LOG_STD_MIN) * (torch.tanh(log_std) + 1.0)
+
+
+def tanh_gaussian_sample(mean: torch.Tensor, log_std: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(tanh(u), log density of tanh(u), tanh(mean)) for u ~ N(mean, exp(log_std)), reparameterised."""
+    u = mean + log_std.exp() * torch.randn_like(mean)
+    # log N(u) - sum log(1 - tanh(u)^2), the latter in the overflow-free form 2(log2 - u - softplus(-2u))
+    log_prob = (-0.5 * ((u - mean) / log_std.exp()) ** 2 - log_std - 0.5 * math.log(2 * math.pi)).sum(-1)
+    log_prob = log_prob - (2.0 * (math.log(2.0) - u - F.softplus(-2.0 * u))).sum(-1)
+    return torch.tanh(u), log_prob, torch.tanh(mean)
+
+
+class ResidualActor(nn.Module):
+    """a = clip(b(s) + scale * r, -1, 1): a bounded correction r = tanh(u), u ~ N(mu(s, b), sigma(s, b)),
+    on top of the frozen behaviour-cloned actor's deterministic action b(s) (residual RL on a BC base:
+    Policy Decorator, Yuan et al. 2024; ResFiT, Ankile et al. 2025). The correction's mean head starts at
+    zero, so before its first update the policy acts as the cloned one does, and ``scale`` bounds how far
+    RL can ever move it from there. Its log-probability is the composite action's density,
+    log p(r) - |A| log(scale) (the clip ignored), so the temperature's target entropy and the conservative
+    term's importance weights read densities on the action space the critics score."""
+
+    def __init__(self, base: TanhGaussianActor, act_dim: int, hidden: tuple[int, ...], scale: float) -> None:
+        super().__init__()
+        self.base = base.requires_grad_(False).eval()
+        self.scale = float(scale)
+        self.features = StateFeatures(base.features.in_dim, base.features.mode)
+        self.net = mlp(self.features.out_dim + act_dim, hidden, 2 * act_dim)
+        with torch.no_grad():  # the correction's mean starts at 0 for every state
+            self.net[-1].weight[:act_dim].zero_()
+            self.net[-1].bias[:act_dim].zero_()
+
+    def base_action(self, obs: torch.Tensor) -> torch.Tensor:
+        """The frozen BC actor's deterministic action tanh(mean) (B, A), outside any gradient."""
+        return torch.tanh(self.base(obs)[0]).detach()
+
+    def forward(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(mean, log_std) of the correction's pre-tanh Gaussian, each (B, A)."""
+        mean, log_std = self.net(torch.cat([self.features(obs), self.base_action(obs)], dim=-1)).chunk(2, dim=-1)
+        return mean, squash_log_std(log_std)
+
+    def sample(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(composite action (B, A), its log-density (B,), deterministic composite b + scale * tanh(mean))."""
+        b = self.base_action(obs)
+        mean, log_std = self.net(torch.cat([self.features(obs), b], dim=-1)).chunk(2, dim=-1)
+        r, log_prob, r_mean = tanh_gaussian_sample(mean, squash_log_std(log_std))
+        log_prob = log_prob - r.shape[-1] * math.log(self.scale)
+        return (b + self.scale * r).clamp(-1.0, 1.0), log_prob, (b + self.scale * r_mean).clamp(-1.0, 1.0)
 
 
 class EnsembleLinear(nn.Module):
@@ -574,6 +629,28 @@ class SAC:
         out = chosen.cpu().numpy().astype(np.float32)
         return out.reshape(*x.shape[:-1], self.act_dim)
 
+    # -- the residual policy -------------------------------------------------------------------
+
+    def make_residual(self) -> None:
+        """Freeze the actor as the base of a `ResidualActor` with ``residual_scale`` (after the BC warm start);
+        the actor's optimiser now holds the correction's parameters only.
+
+        The composite action lives in a box of width 2 * scale around the base action, whose entropy is at
+        most |A| log(2 scale) (uniform): below scale = e^-1 / 2 that is under SAC's default target -|A|, which
+        the temperature would chase without end. The default target becomes min(-|A|, |A| (log(2 scale) - 0.5)):
+        half a nat per dimension below uniform on the box (scale 0.2: -5.7, a spread of about 0.06 per
+        dimension, against SAC's 0.09 at -|A|). A configured ``target_entropy`` is kept as given."""
+        if self.cfg.residual_scale is None:
+            raise ValueError("make_residual needs SACConfig.residual_scale (the correction's bound)")
+        if isinstance(self.actor, ResidualActor):
+            raise ValueError("the actor is already residual: make_residual freezes a plain actor once")
+        scale = self.cfg.residual_scale
+        self.actor = ResidualActor(copy.deepcopy(self.actor), self.act_dim, self.cfg.hidden_sizes, scale).to(self.device)
+        if self.cfg.target_entropy is None:  # -|A| unless the box of width 2 * scale cannot hold it (see below)
+            self.target_entropy = min(-float(self.act_dim), self.act_dim * (math.log(2.0 * scale) - 0.5))
+        self.actor_opt = make_adam([p for p in self.actor.parameters() if p.requires_grad], self.cfg.lr,
+                                   self.cfg.fused_adam)
+
     # -- the proposal actor (IBRL) -------------------------------------------------------------
 
     def freeze_proposal(self) -> None:
@@ -608,6 +685,7 @@ class SAC:
             "bc_coef": self.bc_coef,
             "cql_rows": self.cql_rows,
             "proposal": None if self.proposal is None else self.proposal.state_dict(),
+            "residual": isinstance(self.actor, ResidualActor),
         }
 
     def load_state_dict(self, state: Mapping) -> None:
@@ -617,6 +695,11 @@ class SAC:
                 f"checkpoint is for obs_dim={state['obs_dim']}, act_dim={state['act_dim']}, this agent has "
                 f"{self.obs_dim}, {self.act_dim}: build it with SAC.from_state_dict(state) instead"
             )
+        if state.get("residual") and not isinstance(self.actor, ResidualActor):
+            self.make_residual()  # the checkpoint's actor is a frozen base plus a correction
+        elif not state.get("residual") and isinstance(self.actor, ResidualActor):
+            raise ValueError("the checkpoint holds a plain actor and this agent a residual one: load it into an agent "
+                             "built without make_residual (SAC.from_state_dict(state))")
         self.actor.load_state_dict(state["actor"])
         self.critic.load_state_dict(state["critic"])
         self.critic_target.load_state_dict(state["critic_target"])

@@ -15,7 +15,7 @@ a later `compile=False` run) see exactly what the eager path would have left.
 
 The first call compiles (tens of seconds on 2 CPU cores; inductor caches the result on disk, so a
 later process starts faster); a change of batch layout, of ``cql_alpha``'s sign, of ``cql_rows`` or
-of the proposal actor compiles once more. ``bc_coef`` enters as a tensor, so its annealing never does.
+of the proposal actor or of the actor's kind (`SAC.make_residual`) compiles once more. ``bc_coef`` enters as a tensor, so its annealing never does.
 A call whose full signature (`FusedUpdate._signature`) has run before skips dynamo's guard checks.
 """
 
@@ -103,7 +103,7 @@ def _step(agent, losses: _Losses, batch: dict, bc_coef: torch.Tensor, critic_par
     """One whole update (the function torch.compile compiles); returns the statistics as tensors."""
     cfg = agent.cfg
     critic_names = [f"critic.{n}" for n, _ in agent.critic.named_parameters()]
-    actor_names = [f"actor.{n}" for n, _ in agent.actor.named_parameters()]
+    actor_names = [f"actor.{n}" for n, p in agent.actor.named_parameters() if p.requires_grad]  # a residual's base: frozen
     n = batch["action"].shape[0] // cfg.utd_ratio
     for k in range(cfg.utd_ratio):
         mb = {key: value[k * n:(k + 1) * n] for key, value in batch.items()}  # flat states: every value a tensor
@@ -159,8 +159,9 @@ class FusedUpdate:
 
     def __call__(self, batch: dict[str, torch.Tensor]) -> dict[str, float]:
         agent = self.agent
-        critic, actor = list(agent.critic.parameters()), list(agent.actor.parameters())
-        key = (agent.cql_alpha > 0, agent.cql_rows, agent.proposal is not None, tuple(sorted(batch)))
+        critic, actor = list(agent.critic.parameters()), [p for p in agent.actor.parameters() if p.requires_grad]
+        key = (agent.cql_alpha > 0, agent.cql_rows, agent.proposal is not None, type(agent.actor).__name__,
+               tuple(sorted(batch)))
         if key not in self.compiled:  # a new graph: say why this update takes a while
             log.info("compiling the SAC update as one graph (agent.compile; about a minute on 2 CPU cores, once per setting)")
             started = time.perf_counter()

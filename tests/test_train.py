@@ -304,6 +304,29 @@ def test_warmup_episodes_collect_with_the_pretrained_policy_before_any_update(tm
             check_config(cfg_of(*SMALL, bad))
 
 
+def test_residual_policy_runs_checkpoints_and_resumes(tmp_path):
+    """agent.residual_scale: after the BC warm start the cloned actor is frozen as a residual policy's base;
+    the checkpoint holds base and correction, and a resume continues the same residual agent. Settings the
+    residual cannot work with are refused."""
+    from policies.sac import SAC, ResidualActor
+
+    out = tmp_path / "run"
+    run(cfg_of(*SMALL, "agent.residual_scale=0.3", "agent.compile=false"), out)
+    state = torch.load(out / "checkpoint.pt", weights_only=False)["agent"]
+    assert state["residual"] and any(k.startswith("base.") for k in state["actor"])
+    base = {k: v for k, v in state["actor"].items() if k.startswith("base.")}
+    report = run(cfg_of(*SMALL, "agent.residual_scale=0.3", "agent.compile=false", "resume=true",
+                        "online.episodes=3"), out)
+    assert report["online_episodes"] == 3
+    after = torch.load(out / "checkpoint.pt", weights_only=False)["agent"]
+    assert isinstance(SAC.from_state_dict(after).actor, ResidualActor)
+    for k, v in base.items():  # the base stayed frozen through pre-training's end and every online update
+        torch.testing.assert_close(after["actor"][k], v, rtol=0, atol=0)
+    for bad in ("algo=sac", "policy=image", "pretrain.bc_steps=0"):
+        with pytest.raises(TrainConfigError, match="residual_scale"):
+            check_config(cfg_of(*SMALL, "agent.residual_scale=0.3", bad))
+
+
 def test_progress_model_refreshed_on_the_runs_own_episodes_and_resumed(tmp_path):
     """refresh.every: the step-PRM fine-tuned on the run's episodes between online episodes; the report
     counts hacking per segment; a resume scores with the last refresh, never the model it started from."""
