@@ -358,7 +358,10 @@ class CriticEnsemble(nn.Module):
         x = torch.cat([self.features(obs), action], dim=-1).unsqueeze(0).expand(self.ensemble, -1, -1)
         for layer, norm in zip(self.layers, self.norms):
             x = F.relu(norm(layer(x)), inplace=True)  # in place: the affine's backward never reads its output
-        return self.head(x).squeeze(-1)
+        # the 1-wide head as a product and a sum over features, not a matrix product: a (B, H) x (H, 1) bmm
+        # and its two backward products ran at a few GFLOP/s (238 / 214 / 202 us at batch 256, against 48 /
+        # 20 / 46 us element-wise; one AMD EPYC thread), and inductor fuses these into the kernels around them
+        return (x * self.head.weight.transpose(1, 2)).sum(-1) + self.head.bias.squeeze(-1)
 
 
 # --------------------------------------------------------------------------- agent
