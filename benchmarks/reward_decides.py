@@ -103,7 +103,8 @@ LEARNER_KEYS = {"agent.n_step": 1, "agent.proposal": False, "agent.cql_rows": No
                 "agent.bc_weight": 0.5, "online.cql_rows": None, "online.cql_alpha": 1.0, "online.bc_final": 1.0,
                 "online.bc_anneal_episodes": 150, "online.imitate_successes": False, "online.offline_fraction": 0.5,
                 "refresh.every": 0, "pretrain.bc_steps": 3000, "pretrain.steps": 1000, "agent.init_temperature": 1.0,
-                "refresh.first": None, "refresh.steps": 100, "refresh.max_failures": None, "refresh.freeze_encoder": False}
+                "refresh.first": None, "refresh.steps": 100, "refresh.max_failures": None, "refresh.freeze_encoder": False,
+                "agent.residual_scale": None}
 REFRESH_DETAIL = ("refresh.first", "refresh.steps", "refresh.max_failures", "refresh.freeze_encoder")  # named only when it refreshes
 
 
