@@ -113,16 +113,18 @@ class ResidualActor(nn.Module):
         """The frozen BC actor's deterministic action tanh(mean) (B, A), outside any gradient."""
         return torch.tanh(self.base(obs)[0]).detach()
 
+    def _correction(self, obs: torch.Tensor, base_action: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        mean, log_std = self.net(torch.cat([self.features(obs), base_action], dim=-1)).chunk(2, dim=-1)
+        return mean, squash_log_std(log_std)
+
     def forward(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(mean, log_std) of the correction's pre-tanh Gaussian, each (B, A)."""
-        mean, log_std = self.net(torch.cat([self.features(obs), self.base_action(obs)], dim=-1)).chunk(2, dim=-1)
-        return mean, squash_log_std(log_std)
+        return self._correction(obs, self.base_action(obs))
 
     def sample(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(composite action (B, A), its log-density (B,), deterministic composite b + scale * tanh(mean))."""
         b = self.base_action(obs)
-        mean, log_std = self.net(torch.cat([self.features(obs), b], dim=-1)).chunk(2, dim=-1)
-        r, log_prob, r_mean = tanh_gaussian_sample(mean, squash_log_std(log_std))
+        r, log_prob, r_mean = tanh_gaussian_sample(*self._correction(obs, b))
         log_prob = log_prob - r.shape[-1] * math.log(self.scale)
         return (b + self.scale * r).clamp(-1.0, 1.0), log_prob, (b + self.scale * r_mean).clamp(-1.0, 1.0)
 

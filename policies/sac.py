@@ -482,7 +482,7 @@ class SAC:
             raise ValueError("the actor is already residual: make_residual freezes a plain actor once")
         scale = self.cfg.residual_scale
         self.actor = ResidualActor(copy.deepcopy(self.actor), self.act_dim, self.cfg.hidden_sizes, scale).to(self.device)
-        if self.cfg.target_entropy is None:  # -|A| unless the box of width 2 * scale cannot hold it (see below)
+        if self.cfg.target_entropy is None:  # -|A| unless the box of width 2 * scale cannot hold it (docstring)
             self.target_entropy = min(-float(self.act_dim), self.act_dim * (math.log(2.0 * scale) - 0.5))
         self.actor_opt = make_adam([p for p in self.actor.parameters() if p.requires_grad], self.cfg.lr,
                                    self.cfg.fused_adam)

@@ -14,8 +14,9 @@ are updated in place, so `SAC.state_dict`, a resume, and any eager step after it
 a later `compile=False` run) see exactly what the eager path would have left.
 
 The first call compiles (tens of seconds on 2 CPU cores; inductor caches the result on disk, so a
-later process starts faster); a change of batch layout, of ``cql_alpha``'s sign, of ``cql_rows`` or
-of the proposal actor or of the actor's kind (`SAC.make_residual`) compiles once more. ``bc_coef`` enters as a tensor, so its annealing never does.
+later process starts faster); a change of batch layout, of ``cql_alpha``'s sign, of ``cql_rows``, of
+the proposal actor or of the actor's kind (`SAC.make_residual`) compiles once more. ``bc_coef`` enters
+as a tensor, so its annealing never does.
 A call whose full signature (`FusedUpdate._signature`) has run before skips dynamo's guard checks.
 """
 
