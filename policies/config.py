@@ -35,6 +35,8 @@ class PretrainSettings:
 
     bc_steps: int = MISSING
     steps: int = MISSING
+    translate: float = 0.0
+    critic_only: bool = False
     bc_weighting: str = "none"
 
 
@@ -195,6 +197,10 @@ def check_config(cfg):
         raise TrainConfigError(f"reward.source={cfg.reward.source!r} unknown: use one of {SOURCES}")
     if cfg.reward.shaping not in SHAPINGS:
         raise TrainConfigError(f"reward.shaping={cfg.reward.shaping!r} unknown: use one of {SHAPINGS}")
+    translate = cfg.pretrain.get("translate", 0.0)
+    if not translate >= 0 or (translate > 0 and cfg.policy != "state"):
+        raise TrainConfigError(f"pretrain.translate={translate} moves the cloned states' positions, so it needs a "
+                               "non-negative offset in metres and policy=state (pass pretrain.translate=0 otherwise)")
     if cfg.pretrain.get("bc_weighting", "none") not in ("none", "progress"):
         raise TrainConfigError(f"pretrain.bc_weighting={cfg.pretrain.bc_weighting!r}: use none or progress")
     if cfg.pretrain.get("bc_weighting", "none") == "progress" and (cfg.reward.shaping != "progress" or cfg.policy != "state"):

@@ -7,16 +7,22 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from policies.augment import translate_xy
+
 
 def bc_warm_start(agent, buffer, steps: int, batch_size: int, rng: np.random.Generator, writer=None,
-                  log_every: int = 50, weights: np.ndarray | None = None) -> None:
+                  log_every: int = 50, weights: np.ndarray | None = None, translate: float = 0.0) -> None:
     """``steps`` actor-only behaviour-cloning updates on batches of ``buffer``; the loss goes to
     ``writer`` (a TensorBoard SummaryWriter, or None) every ``log_every`` steps.
 
     ``weights`` float (N,), one per row of ``buffer`` (reward-aligned BC, :func:`demo_bc_weights`):
     rows are drawn with probability proportional to their weight instead of uniformly, the sampling
-    form of a weighted BC loss (rows of weight 0 are never cloned)."""
+    form of a weighted BC loss (rows of weight 0 are never cloned).
+
+    ``translate`` > 0: every cloned state's workspace moved by a random offset of up to this many metres
+    in x and y (:func:`policies.augment.translate_xy`), the demonstrated action kept."""
     rows = p = None
+    gen = torch.Generator(device=agent.device).manual_seed(int(rng.integers(2**31))) if translate > 0 else None
     if weights is not None:
         weights = np.asarray(weights, np.float64)
         if len(weights) != len(buffer) or weights.sum() <= 0:
@@ -29,7 +35,8 @@ def bc_warm_start(agent, buffer, steps: int, batch_size: int, rng: np.random.Gen
         else:
             idx = rng.choice(len(p), size=int(batch_size), p=p)
             b = {k: torch.as_tensor(rows[k][idx], device=agent.device) for k in ("obs", "action")}
-        loss = agent.bc_update(b["obs"], b["action"])
+        obs = translate_xy(b["obs"], translate, gen) if translate > 0 else b["obs"]
+        loss = agent.bc_update(obs, b["action"])
         if writer is not None and step % log_every == 0:
             writer.add_scalar("pretrain/bc_loss", loss, step)
     if getattr(agent.cfg, "proposal", False):  # IBRL: the cloned actor, frozen, proposes actions from now on
@@ -57,13 +64,17 @@ def demo_bc_weights(cfg, records, demo_terms) -> np.ndarray | None:
 
 
 def calql_pretrain(agent, buffer, steps: int, batch_rows: int, rng: np.random.Generator, writer=None,
-                   log_every: int = 50) -> None:
+                   log_every: int = 50, critic_only: bool = False) -> None:
     """``steps`` Cal-QL updates on ``batch_rows``-row batches of ``buffer``, every row marked a
-    demonstration (the BC term applies); the update's statistics go to ``writer`` every ``log_every``."""
-    for step in tqdm(range(int(steps)), desc="Cal-QL pre-training", unit="step"):
+    demonstration (the BC term applies); the update's statistics go to ``writer`` every ``log_every``.
+
+    ``critic_only``: the critics' steps alone (`SAC.critic_update`, eager); the actor
+    and the temperature stay as the BC warm start left them, so online learning starts from the cloned
+    policy with critics fitted to it (its targets and conservative term read that policy's actions)."""
+    for step in tqdm(range(int(steps)), desc="Cal-QL pre-training" + (" (critics)" if critic_only else ""), unit="step"):
         b = buffer.sample(int(batch_rows), rng, agent.device)
         b["demo"] = torch.ones(int(batch_rows), device=agent.device)
-        stats = agent.update(b)
+        stats = agent.critic_update(b) if critic_only else agent.update(b)
         if writer is not None and step % log_every == 0:
             for k, v in stats.items():
                 writer.add_scalar(f"pretrain/{k}", v, step)

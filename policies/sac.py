@@ -335,6 +335,15 @@ class SAC:
         self.num_updates += 1
         return info
 
+    def critic_update(self, batch: Mapping[str, torch.Tensor]) -> dict[str, float]:
+        """The critics' part of `update` alone (utd_ratio steps, eager): the actor and the temperature stay
+        as they are (`policies.pretrain.calql_pretrain` with ``critic_only``). Returns critic_loss, q_mean, cql_loss."""
+        b = self._check_batch(batch)
+        n = b["action"].shape[0] // self.cfg.utd_ratio
+        for k in range(self.cfg.utd_ratio):
+            _, info = self.critic_step(batch_rows(b, slice(k * n, (k + 1) * n)))
+        return info
+
     def critic_loss(self, mb: Mapping) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
         """Every critic's regression onto the shared target (+ the conservative term when cql_alpha > 0),
         forward passes under `autocast`. Returns (loss, detached features of ``mb["obs"]``, detached

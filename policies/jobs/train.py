@@ -151,9 +151,9 @@ def run(cfg, run_dir: str | Path) -> dict:
         torch.set_num_threads(offline_threads(cfg))
         if use_demos:
             bc_warm_start(agent, offline, cfg.pretrain.bc_steps, cfg.agent.batch_size, rng, writer,
-                          weights=demo_bc_weights(cfg, records, demo_terms))
+                          weights=demo_bc_weights(cfg, records, demo_terms), translate=cfg.pretrain.translate)
         if cfg.algo == "calql":
-            calql_pretrain(agent, offline, cfg.pretrain.steps, batch_rows, rng, writer)
+            calql_pretrain(agent, offline, cfg.pretrain.steps, batch_rows, rng, writer, critic_only=cfg.pretrain.critic_only)
         stage_done("pretrain", t0)
         state.phase = "online" if cfg.algo != "bc" else "done"
         run_eval(eval_seeds)
