@@ -64,13 +64,14 @@ VARIANTS = {  # name -> stepwise-train overrides (the plain names run the curren
                               "online.imitate_successes=true"],
 }
 CHECKPOINTS = (10, 20, 50, 100, 150)
+BASE = ["online.episodes=60"]  # this table's runs: 60 online episodes, 5 demonstrations unless the name says
 
 
 def overrides_of(name: str) -> list[str]:
     """Run name ``<task>__<variant>__s<seed>[__demos<n>]`` -> its stepwise-train overrides."""
     task, variant, seed, *rest = name.split("__")
-    demos = [f"demos={rest[0].removeprefix('demos')}"] if rest else []
-    return [f"task=metaworld/{task}", f"seed={seed.removeprefix('s')}", *demos, *VARIANTS[variant]]
+    demos = [f"demos={rest[0].removeprefix('demos')}"] if rest else ["demos=5"]
+    return [f"task=metaworld/{task}", f"seed={seed.removeprefix('s')}", *demos, *BASE, *VARIANTS[variant]]
 
 
 def plan(args) -> list[tuple[str, list[str]]]:
@@ -85,12 +86,12 @@ def plan(args) -> list[tuple[str, list[str]]]:
             if variant in ("dense", "oracle") and seed != seeds[0]:
                 continue  # references: one seed
             for task in args.tasks:
-                runs.append((f"{task}__{variant}__s{seed}", [f"task=metaworld/{task}", f"seed={seed}", *VARIANTS[variant]]))
+                runs.append((f"{task}__{variant}__s{seed}", [f"task=metaworld/{task}", f"seed={seed}", "demos=5", *BASE, *VARIANTS[variant]]))
     if args.demo_curve:
         for task in ("drawer-open", "push"):
             for demos in (1, 2, 10):  # 5 demonstrations: the progress runs above
                 runs.append((f"{task}__progress__s0__demos{demos}",
-                             [f"task=metaworld/{task}", "seed=0", f"demos={demos}", *VARIANTS["progress"]]))
+                             [f"task=metaworld/{task}", "seed=0", f"demos={demos}", *BASE, *VARIANTS["progress"]]))
     return [(n, o) for n, o in runs if n not in set(args.skip or [])]
 
 
@@ -109,8 +110,8 @@ def sweeps_of(runs: list[tuple[str, list[str]]], runs_dir: Path, extra: list[str
     for folder, g in groups.items():
         if all((runs_dir / folder / "metaworld" / t / f"s{s}" / "report.json").exists() for t in g["tasks"] for s in g["seeds"]):
             continue
-        demos = [f"demos={g['rest'][0].removeprefix('demos')}"] if g["rest"] else []
-        out.append(Sweep(folder, [*VARIANTS[g["variant"]], *demos],
+        demos = [f"demos={g['rest'][0].removeprefix('demos')}"] if g["rest"] else ["demos=5"]
+        out.append(Sweep(folder, [*BASE, *VARIANTS[g["variant"]], *demos],
                          {"task": [f"metaworld/{t}" for t in g["tasks"]], "seed": g["seeds"]},
                          runs_dir / folder, "${task}/s${seed}", extra))
     return out

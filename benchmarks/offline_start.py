@@ -78,7 +78,7 @@ def main() -> None:
     parser.add_argument("--table-only", action="store_true")
     args = parser.parse_args()
     runs_dir, out = Path(args.runs), Path(args.out)
-    plan = [(f"{t}__{f}__{s}", [f"task=metaworld/{t}", f"agent.state_features={f}", "reward.shaping=none",
+    plan = [(f"{t}__{f}__{s}", [f"task=metaworld/{t}", "demos=5", f"agent.state_features={f}", "reward.shaping=none",
                                 "adapt.steps=0", f"eval.final_episodes={args.eval_episodes}", *SETTINGS[s][1]])
             for t in args.tasks for f in args.features for s in args.settings]
     results: dict = {}

@@ -197,3 +197,11 @@ def write_reset_free_report(run_path: Path, cfg, state, final: dict, classifier:
     (run_path / "report.md").write_text("\n".join(lines) + "\n")
     return report
 
+
+def closing_line(report: dict, path: Path) -> str:
+    """The job's last line: the final success rate, the rate after pre-training alone (what the online
+    phase and its reward added), the wall time and where the report is."""
+    pre = report.get("after_pretraining_success_rate")
+    pre_text = "" if pre is None else f" ({pre:.2f} after pre-training alone)"
+    return (f"final success rate {report['final_success_rate']:.2f} over {report['final_eval_episodes']} eval episodes "
+            f"after {report['online_episodes']} online episodes{pre_text}, {report['wall_time_s'] / 60:.1f} min; report: {path}")

@@ -44,7 +44,7 @@ from policies.deploy import POLICY_DIR, save_policy
 from policies.episode import add_to_replay, demo_records, state_view
 from policies.loop import episode_row, evaluate, run_episode
 from policies.pretrain import anneal_bc, bc_warm_start, calql_pretrain, demo_bc_weights, start_online
-from policies.report import write_train_report
+from policies.report import closing_line, write_train_report
 from policies.rewards import RewardPipeline
 from policies.online_store import OnlineEpisodeStore, keeps_episodes
 from policies.run_dir import RunState, existing_checkpoint, load_checkpoint, resume_learner, save_checkpoint
@@ -241,9 +241,7 @@ def _job(cfg, run_dir: Path) -> str:
         return (f"already finished: final success rate {report['final_success_rate']:.2f} after "
                 f"{report['online_episodes']} online episodes; report: {Path(run_dir) / 'report.md'}")
     report = run(cfg, run_dir)
-    return (f"final success rate {report['final_success_rate']:.2f} over {report['final_eval_episodes']} eval "
-            f"episodes after {report['online_episodes']} online episodes, {report['wall_time_s'] / 60:.1f} min; "
-            f"report: {Path(run_dir) / 'report.md'}")
+    return closing_line(report, Path(run_dir) / "report.md")
 
 
 if __name__ == "__main__":
