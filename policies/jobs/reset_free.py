@@ -112,6 +112,7 @@ def run(cfg, run_dir: str | Path) -> dict:
         add_attempt(offline, d, success_reward, gamma)
     state.stage_seconds.setdefault("demos", time.perf_counter() - t0)
     online = ReplayBuffer(OBS_DIM, 4, cfg.online.capacity, *steps)
+    torch.manual_seed(cfg.seed)  # the networks' initialisation too: one seed, one run
     agent = make_agent(cfg, OBS_DIM, 4, ResetFreeConfigError)
     rng = np.random.default_rng(cfg.seed)
     torch.manual_seed(cfg.seed)

@@ -108,6 +108,7 @@ def run(cfg, run_dir: str | Path) -> dict:
     imitate = bool(cfg.online.get("imitate_successes", False))  # check_config allows it for policy=state only
 
     # -- agent and replay ---------------------------------------------------------------------
+    torch.manual_seed(cfg.seed)  # the networks' initialisation too: one seed, one run
     agent, offline, new_buffer = make_learner(cfg, env, view, records, imitate)
     demo_terms = []
     for rec in records:
