@@ -238,7 +238,9 @@ def write_table(cells: list[dict], out: Path) -> None:
         f"of them), BC warm start + Cal-QL pre-training, then {EPISODES} online episodes (a shorter run says so). "
         "Success: deterministic policy on the eval split; `final` over 50 episodes after the last online episode; "
         "`to 90%`: online episodes before the first 10-episode evaluation at >= 0.9 (0: pre-training alone; - : "
-        "never). `pre` is the success after pre-training alone. Rewards: `sparse` success only; `step_prm` + "
+        "never). `pre` is the success after pre-training alone. Runs started before 2026-12-08 04:22 UTC drew "
+        "the networks' initial weights unseeded (a bug, fixed then: docs/policy-learning.md), so their seed fixed "
+        "the data and the exploration but not the initialisation. Rewards: `sparse` success only; `step_prm` + "
         "the adapted step-PRM's progress as potential; `perceptual_tcn` + the perceptual reward fitted on one "
         "demonstration; `vlm+step_prm` the VLM classifier's P(done) as the success signal + the step-PRM potential; "
         "`oracle` + a privileged simulator potential; `dense` Meta-World's hand-written reward.", "",
