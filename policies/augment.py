@@ -5,8 +5,8 @@ are relative to one another, not on where the scene sits on the table. Moving th
 the goal by one offset in x and y leaves the demonstrated action right (up to the workspace's edges),
 and gives behaviour cloning states between and beyond the few placements the demonstrations saw. On
 pick-place from 5 demonstrations the cloned policy failed where the object lay outside the
-demonstrations' range (13 of 15 failures had the object at x < -0.03, where 2 of the 5 demonstrations
-lay): it closed the gripper 4-9 cm beside the object and carried nothing to the goal.
+demonstrations' range (12 of 15 failures had the object at x < -0.03, where 1 of the 5 demonstrations
+lay): it closed the gripper beside the object and carried nothing to the goal.
 """
 
 from __future__ import annotations
