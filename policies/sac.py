@@ -327,22 +327,24 @@ class SAC:
             info = self.fused(b)
             self.num_updates += 1
             return info
-        n = b["action"].shape[0] // self.cfg.utd_ratio
-        for k in range(self.cfg.utd_ratio):  # critic: regress every member onto the shared target
-            mb = batch_rows(b, slice(k * n, (k + 1) * n))
-            features, info = self.critic_step(mb)
+        features, mb, info = self._critic_steps(b)
         info.update(self.actor_step(features, mb))  # actor and temperature on the last slice
         self.num_updates += 1
         return info
 
+    def _critic_steps(self, b: Mapping) -> tuple[torch.Tensor, dict, dict[str, float]]:
+        """utd_ratio critic steps, one per slice of the checked batch ``b`` (every member regressed onto the
+        shared target). Returns the last slice's detached features, the slice and its statistics."""
+        n = b["action"].shape[0] // self.cfg.utd_ratio
+        for k in range(self.cfg.utd_ratio):
+            mb = batch_rows(b, slice(k * n, (k + 1) * n))
+            features, info = self.critic_step(mb)
+        return features, mb, info
+
     def critic_update(self, batch: Mapping[str, torch.Tensor]) -> dict[str, float]:
         """The critics' part of `update` alone (utd_ratio steps, eager): the actor and the temperature stay
         as they are (`policies.pretrain.calql_pretrain` with ``critic_only``). Returns critic_loss, q_mean, cql_loss."""
-        b = self._check_batch(batch)
-        n = b["action"].shape[0] // self.cfg.utd_ratio
-        for k in range(self.cfg.utd_ratio):
-            _, info = self.critic_step(batch_rows(b, slice(k * n, (k + 1) * n)))
-        return info
+        return self._critic_steps(self._check_batch(batch))[2]
 
     def critic_loss(self, mb: Mapping) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
         """Every critic's regression onto the shared target (+ the conservative term when cql_alpha > 0),
